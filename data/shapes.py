@@ -1,0 +1,632 @@
+"""Seeded generator of a synthetic "shapes" vision-language data set in the LLaVA file layout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+FORMAT_VERSION = 1
+
+KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (35, 155, 55),
+    "blue": (35, 75, 215),
+    "yellow": (235, 200, 10),
+    "purple": (135, 55, 175),
+    "orange": (245, 130, 15),
+    "black": (25, 25, 25),
+}
+SIZES: tuple[str, ...] = ("small", "large")
+# Bounding-box side lengths in pixels for a 64 px image; scaled linearly with image_size.
+SIZE_RANGES: dict[str, tuple[int, int]] = {"small": (12, 16), "large": (20, 26)}
+POSITION_GRID: tuple[tuple[str, str, str], ...] = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+POSITIONS: tuple[str, ...] = tuple(p for row in POSITION_GRID for p in row)
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+TEXT_SPLITS: tuple[str, ...] = ("train", "val")
+QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "position")
+
+IMAGE_TOKEN = "<image>"
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+CAPTION_INSTRUCTIONS: tuple[str, ...] = (
+    "Describe the image briefly.",
+    "Write a short caption for this picture.",
+    "Give a brief description of the image.",
+    "Summarize the visual content of the image.",
+    "Provide a one-sentence caption for this image.",
+    "What is shown in this picture? Answer briefly.",
+)
+DETAIL_INSTRUCTIONS: tuple[str, ...] = (
+    "Describe the image in detail.",
+    "Provide a detailed description of the given image.",
+    "Give an elaborate explanation of the image you see.",
+    "Explain the visual content of the image in great detail.",
+    "Describe every shape in this picture and where it is.",
+    "What do you see in this image? Please describe it thoroughly.",
+)
+
+_SUPERSAMPLE = 4  # draw at 4x and box-downsample for anti-aliased edges
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape of a scene; bbox is [x1, y1, x2, y2) in pixels (x2/y2 exclusive)."""
+
+    kind: str
+    color: str
+    size: str
+    position: str
+    bbox: tuple[int, int, int, int]
+    rgb: tuple[int, int, int]
+
+    @property
+    def cx(self) -> float:
+        return (self.bbox[0] + self.bbox[2]) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.bbox[1] + self.bbox[3]) / 2
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.size} {self.color} {self.kind}"
+
+    def to_meta(self) -> dict:
+        return {
+            "kind": self.kind,
+            "color": self.color,
+            "size": self.size,
+            "position": self.position,
+            "bbox": list(self.bbox),
+        }
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: tuple[int, int, int]
+    shapes: tuple[Shape, ...]
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def position_name(cx: float, cy: float, image_size: int) -> str:
+    """Name of the 3x3 grid cell containing the point (cx, cy)."""
+    col = min(2, max(0, int(cx * 3 // image_size)))
+    row = min(2, max(0, int(cy * 3 // image_size)))
+    return POSITION_GRID[row][col]
+
+
+def _coord_in_cell(
+    rng: random.Random, cell: int, side: int, image_size: int, border: int, inset: float
+) -> float | None:
+    lo = max(cell * image_size / 3 + inset, side / 2 + border)
+    hi = min((cell + 1) * image_size / 3 - inset, image_size - side / 2 - border)
+    if lo > hi:
+        return None
+    return rng.uniform(lo, hi)
+
+
+def _boxes_clash(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: int) -> bool:
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def _jitter(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
+
+
+def _sample_scene(rng: random.Random, image_size: int) -> Scene:
+    scale = image_size / 64
+    border = max(1, round(scale))
+    margin = max(2, round(2 * scale))
+    # Keeps shape centres away from the 3x3 grid lines so position names are unambiguous.
+    inset = 2 * scale
+    background = tuple(rng.randint(225, 255) for _ in range(3))
+    while True:
+        n = rng.randint(1, 3)
+        kinds = rng.sample(KINDS, n)
+        colors = rng.sample(list(COLORS), n)
+        shapes: list[Shape] = []
+        for kind, color in zip(kinds, colors):
+            size = rng.choice(SIZES)
+            lo, hi = SIZE_RANGES[size]
+            side = rng.randint(round(lo * scale), round(hi * scale))
+            for _ in range(50):
+                # Choosing the cell first makes the nine position names roughly equally likely.
+                cx = _coord_in_cell(rng, rng.randrange(3), side, image_size, border, inset)
+                cy = _coord_in_cell(rng, rng.randrange(3), side, image_size, border, inset)
+                if cx is None or cy is None:
+                    continue
+                x1, y1 = round(cx - side / 2), round(cy - side / 2)
+                box = (x1, y1, x1 + side, y1 + side)
+                if not any(_boxes_clash(box, s.bbox, margin) for s in shapes):
+                    break
+            else:
+                break  # could not place this shape: resample the whole scene
+            pos = position_name((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, image_size)
+            shapes.append(Shape(kind, color, size, pos, box, _jitter(rng, COLORS[color], 12)))
+        else:
+            return Scene(background, tuple(shapes))  # type: ignore[arg-type]
+
+
+def render_scene(scene: Scene, image_size: int) -> Image.Image:
+    """Render a scene to an RGB PIL image."""
+    f = _SUPERSAMPLE
+    img = Image.new("RGB", (image_size * f, image_size * f), scene.background)
+    draw = ImageDraw.Draw(img)
+    for s in scene.shapes:
+        x1, y1, x2, y2 = (v * f for v in s.bbox)
+        cx, cy, w = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1
+        if s.kind == "circle":
+            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=s.rgb)
+        elif s.kind == "square":
+            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=s.rgb)
+        elif s.kind == "triangle":
+            draw.polygon([(cx, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=s.rgb)
+        elif s.kind == "diamond":
+            draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=s.rgb)
+        elif s.kind == "cross":
+            half = w * 0.18
+            draw.rectangle([cx - half, y1, cx + half - 1, y2 - 1], fill=s.rgb)
+            draw.rectangle([x1, cy - half, x2 - 1, cy + half - 1], fill=s.rgb)
+        else:
+            raise ValueError(f"unknown kind {s.kind!r}")
+    return img.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+# ----------------------------------------------------------------------------- text helpers
+
+
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _join(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def where(position: str) -> str:
+    """Prepositional phrase for a position name, e.g. 'at the top left', 'on the left', 'in the center'."""
+    if position == "center":
+        return "in the center"
+    if position in ("left", "right"):
+        return f"on the {position}"
+    return f"at the {position}"
+
+
+def _shape_word(n: int) -> str:
+    return f"{NUMBER_WORDS[n]} shape" + ("" if n == 1 else "s")
+
+
+def _with_image(rng: random.Random, text: str) -> str:
+    # LLaVA data puts the image token before or after the first instruction roughly equally often.
+    return f"{IMAGE_TOKEN}\n{text}" if rng.random() < 0.5 else f"{text}\n{IMAGE_TOKEN}"
+
+
+# Short question/answer pairs; the same wording is used for instruct training data and the test questions.
+
+
+def color_qa(target: Shape, short: bool) -> tuple[str, str]:
+    q = f"What color is the {target.kind}?"
+    return q, target.color if short else f"The {target.kind} is {target.color}."
+
+
+def shape_qa(target: Shape, short: bool) -> tuple[str, str]:
+    q = f"What shape is the {target.color} object?"
+    return q, target.kind if short else f"The {target.color} object is {_a(target.kind)}."
+
+
+def count_qa(shapes: tuple[Shape, ...], short: bool) -> tuple[str, str]:
+    n = len(shapes)
+    q = "How many shapes are in the image?"
+    if short:
+        return q, NUMBER_WORDS[n]
+    return q, ("There is one shape in the image." if n == 1 else f"There are {NUMBER_WORDS[n]} shapes in the image.")
+
+
+def position_qa(target: Shape, short: bool) -> tuple[str, str]:
+    q = f"Where is the {target.name}?"
+    return q, target.position if short else f"The {target.name} is {where(target.position)}."
+
+
+def _exists_qa(rng: random.Random, shapes: tuple[Shape, ...], short: bool) -> tuple[str, str]:
+    present = {(s.color, s.kind): s for s in shapes}
+    if rng.random() < 0.5:
+        s = rng.choice(shapes)
+        q = f"Is there {_a(s.name)}?"
+        return q, "yes" if short else f"Yes, there is {_a(s.name)} {where(s.position)}."
+    while True:
+        color, kind = rng.choice(list(COLORS)), rng.choice(KINDS)
+        if (color, kind) not in present:
+            break
+    q = f"Is there {_a(color + ' ' + kind)}?"
+    return q, "no" if short else f"No, there is no {color} {kind}."
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _caption(rng: random.Random, shapes: tuple[Shape, ...]) -> str:
+    order = list(shapes)
+    rng.shuffle(order)
+    items = _join([f"{_a(s.full_name)} {where(s.position)}" for s in order])
+    templates = (
+        lambda: f"{_cap(items)}.",
+        lambda: f"An image of {items}.",
+        lambda: f"There is {items}.",
+        lambda: f"{_cap(_shape_word(len(shapes)))} on a light background: {items}.",
+        lambda: f"A picture showing {items}.",
+    )
+    return rng.choice(templates)()
+
+
+def _caption_record(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> dict:
+    human = _with_image(rng, rng.choice(CAPTION_INSTRUCTIONS))
+    return {
+        "id": stem,
+        "image": rel,
+        "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": _caption(rng, shapes)}],
+    }
+
+
+def _conversation(rng: random.Random, shapes: tuple[Shape, ...]) -> list[dict]:
+    n_pairs = rng.randint(2, 5)
+    seen: set[str] = set()
+    turns: list[dict] = []
+    while len(turns) < 2 * n_pairs:
+        kind = rng.choice(("color", "shape", "count", "position", "exists"))
+        short = rng.random() < 0.5
+        if kind == "color":
+            q, a = color_qa(rng.choice(shapes), short)
+        elif kind == "shape":
+            q, a = shape_qa(rng.choice(shapes), short)
+        elif kind == "count":
+            q, a = count_qa(shapes, short)
+        elif kind == "position":
+            q, a = position_qa(rng.choice(shapes), short)
+        else:
+            q, a = _exists_qa(rng, shapes, short)
+        if q in seen:
+            continue
+        seen.add(q)
+        if short:
+            q += SHORT_ANSWER_SUFFIX
+        if not turns:
+            q = _with_image(rng, q)
+        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return turns
+
+
+def _relation(a: Shape, b: Shape, threshold: float) -> str | None:
+    """Clear spatial relation of a relative to b ('above and to the left of', ...), or None."""
+    vertical = "above" if a.cy + threshold <= b.cy else "below" if b.cy + threshold <= a.cy else ""
+    horizontal = (
+        "to the left of" if a.cx + threshold <= b.cx else "to the right of" if b.cx + threshold <= a.cx else ""
+    )
+    if vertical and horizontal:
+        return f"{vertical} and {horizontal}"
+    return vertical or horizontal or None
+
+
+def _detail(shapes: tuple[Shape, ...], image_size: int) -> str:
+    n = len(shapes)
+    ordered = sorted(shapes, key=lambda s: (s.cy, s.cx))
+    if n == 1:
+        parts = ["The image shows a single shape on a plain light background."]
+    else:
+        parts = [f"The image shows {_shape_word(n)} on a plain light background."]
+    for s in ordered:
+        parts.append(f"There is {_a(s.full_name)} {where(s.position)}.")
+    for i in range(n):
+        for j in range(i + 1, n):
+            rel = _relation(ordered[i], ordered[j], image_size / 8)
+            if rel:
+                parts.append(f"The {ordered[i].name} is {rel} the {ordered[j].name}.")
+    if n == 1:
+        parts.append(f"The {shapes[0].kind} is the only shape in the image.")
+    elif len({s.size for s in shapes}) == 1:
+        parts.append(f"{'Both' if n == 2 else 'All three'} shapes are {shapes[0].size}.")
+    else:
+        large = [s for s in ordered if s.size == "large"]
+        small = [s for s in ordered if s.size == "small"]
+        parts.append(
+            f"{_cap(_join(['the ' + s.name for s in large]))} {'is' if len(large) == 1 else 'are'} larger than "
+            f"{_join(['the ' + s.name for s in small])}."
+        )
+    return " ".join(parts)
+
+
+_EXTREMES = {
+    # direction: (question phrase, comparative phrase, sort key where smaller is more extreme)
+    "top": ("to the top of the image", "higher in the image than", lambda s: (s.cy, s.bbox[1])),
+    "bottom": ("to the bottom of the image", "lower in the image than", lambda s: (-s.cy, -s.bbox[3])),
+    "left": ("to the left side of the image", "further left than", lambda s: (s.cx, s.bbox[0])),
+    "right": ("to the right side of the image", "further right than", lambda s: (-s.cx, -s.bbox[2])),
+}
+
+
+def _reason_extreme(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    if len(shapes) < 2:
+        return None
+    direction = rng.choice(list(_EXTREMES))
+    phrase, comparative, key = _EXTREMES[direction]
+    ordered = sorted(shapes, key=key)
+    best = key(ordered[0])
+    # Both the centre and the outer edge must agree, by a clear margin, on which shape is most extreme.
+    if any(key(s)[0] - best[0] < thr or key(s)[1] - best[1] < thr for s in ordered[1:]):
+        return None
+    others = _join([f"the {s.name}" for s in ordered[1:]])
+    q = f"Which shape is closest {phrase}?"
+    a = f"The {ordered[0].name} is closest {phrase}. It is {where(ordered[0].position)}, {comparative} {others}."
+    return q, a
+
+
+def _reason_pair_relation(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    if len(shapes) < 2:
+        return None
+    a, b = rng.sample(shapes, 2)
+    axis = rng.choice(("horizontal", "vertical"))
+    if axis == "horizontal":
+        col = {p: i for row in POSITION_GRID for i, p in enumerate(row)}
+        if col[a.position] == col[b.position] or abs(a.cx - b.cx) < thr:
+            return None
+        truth = "to the left of" if a.cx < b.cx else "to the right of"
+        asked = rng.choice(("to the left of", "to the right of"))
+    else:
+        row = {p: i for i, r in enumerate(POSITION_GRID) for p in r}
+        if row[a.position] == row[b.position] or abs(a.cy - b.cy) < thr:
+            return None
+        truth = "above" if a.cy < b.cy else "below"
+        asked = rng.choice(("above", "below"))
+    q = f"Is the {a.name} {asked} the {b.name}?"
+    reason = (
+        f"The {a.name} is {where(a.position)} and the {b.name} is {where(b.position)}, "
+        f"so the {a.name} is {truth} the {b.name}."
+    )
+    return q, ("Yes. " if asked == truth else "No. ") + reason
+
+
+def _reason_bigger(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    if len(shapes) < 2:
+        return None
+    a, b = rng.sample(shapes, 2)
+    if a.size == b.size:
+        return None
+    big, small = (a, b) if a.size == "large" else (b, a)
+    if rng.random() < 0.5:
+        q = f"Which is bigger, the {a.kind} or the {b.kind}?"
+        ans = f"The {big.kind} is bigger. It is large, while the {small.kind} is small."
+    else:
+        q = f"Which is bigger, the {a.color} shape or the {b.color} shape?"
+        ans = (
+            f"The {big.color} shape is bigger. It is a large {big.kind}, "
+            f"while the {small.color} shape is a small {small.kind}."
+        )
+    return q, ans
+
+
+def _reason_same_size(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    n = len(shapes)
+    if n < 2:
+        return None
+    q = "Are all the shapes the same size?"
+    if len({s.size for s in shapes}) == 1:
+        return q, f"Yes. {'Both' if n == 2 else 'All three'} shapes are {shapes[0].size}."
+    large = [f"the {s.name}" for s in shapes if s.size == "large"]
+    small = [f"the {s.name}" for s in shapes if s.size == "small"]
+    return q, (
+        f"No. {_cap(_join(large))} {'is' if len(large) == 1 else 'are'} large, while "
+        f"{_join(small)} {'is' if len(small) == 1 else 'are'} small."
+    )
+
+
+def _reason_more_than_one(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    q = "Is there more than one shape in the image?"
+    if len(shapes) == 1:
+        s = shapes[0]
+        return q, f"No. There is only one shape in the image: {_a(s.full_name)} {where(s.position)}."
+    items = _join([_a(s.full_name) for s in shapes])
+    return q, f"Yes. There are {NUMBER_WORDS[len(shapes)]} shapes: {items}."
+
+
+def _reason_half(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+    s = rng.choice(shapes)
+    if rng.random() < 0.5:
+        idx = POSITIONS.index(s.position) // 3
+        if idx == 1:
+            return None
+        q = f"Is the {s.name} closer to the top or the bottom of the image?"
+        side = "top" if idx == 0 else "bottom"
+    else:
+        idx = POSITIONS.index(s.position) % 3
+        if idx == 1:
+            return None
+        q = f"Is the {s.name} closer to the left or the right side of the image?"
+        side = "left side" if idx == 0 else "right side"
+    return q, f"The {s.name} is closer to the {side} of the image, since it is {where(s.position)}."
+
+
+_REASONERS: tuple[Callable[[random.Random, tuple[Shape, ...], float], tuple[str, str] | None], ...] = (
+    _reason_extreme,
+    _reason_pair_relation,
+    _reason_bigger,
+    _reason_same_size,
+    _reason_more_than_one,
+    _reason_half,
+)
+
+
+def _reasoning(rng: random.Random, shapes: tuple[Shape, ...], image_size: int) -> tuple[str, str]:
+    while True:
+        qa = rng.choice(_REASONERS)(rng, shapes, image_size / 8)
+        if qa is not None:
+            return qa
+
+
+def _instruct_records(
+    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...], image_size: int
+) -> list[dict]:
+    def single(q: str, a: str) -> list[dict]:
+        return [{"from": "human", "value": _with_image(rng, q)}, {"from": "gpt", "value": a}]
+
+    conv = _conversation(rng, shapes)
+    detail = single(rng.choice(DETAIL_INSTRUCTIONS), _detail(shapes, image_size))
+    reasoning = single(*_reasoning(rng, shapes, image_size))
+    return [
+        {"id": stem, "type": t, "image": rel, "conversations": c}
+        for t, c in (("conversation", conv), ("detail", detail), ("reasoning", reasoning))
+    ]
+
+
+def _test_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> list[dict]:
+    qas: list[tuple[str, str, str]] = []
+    for qtype in QUESTION_TYPES:
+        if qtype == "count":
+            qas.append((qtype, *count_qa(shapes, True)))
+            continue
+        make = {"color": color_qa, "shape": shape_qa, "position": position_qa}[qtype]
+        k = rng.randint(1, min(2, len(shapes)))
+        for target in rng.sample(shapes, k):
+            qas.append((qtype, *make(target, True)))
+    return [
+        {"question_id": f"{stem}_q{i}", "image": rel, "text": q + SHORT_ANSWER_SUFFIX, "answer": a, "type": t}
+        for i, (t, q, a) in enumerate(qas)
+    ]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_text_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, obj: object) -> None:
+    _write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+
+def _corpus_lines(texts: Iterable[str]) -> list[str]:
+    lines: set[str] = set()
+    for text in texts:
+        for line in text.split("\n"):
+            line = line.replace(IMAGE_TOKEN, "").strip()
+            if line:
+                lines.add(line)
+    return sorted(lines)
+
+
+def generate_shapes_dataset(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 4000,
+    n_val: int = 200,
+    n_test: int = 300,
+    image_size: int = 64,
+) -> pathlib.Path:
+    """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir."""
+    if image_size < 32:
+        raise ValueError("image_size must be at least 32")
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    if any(n < 0 for n in counts.values()):
+        raise ValueError("split sizes must be non-negative")
+    out = pathlib.Path(out_dir)
+    params = {"format_version": FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
+              "n_test": n_test, "image_size": image_size}
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and all(old.get(k) == v for k, v in params.items()):
+            return out
+        manifest_path.unlink()
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "images").exists():
+        shutil.rmtree(out / "images")
+    texts: list[str] = []
+    for split in SPLITS:
+        scene_rng = random.Random(f"shapes/{seed}/{split}/scene")
+        text_rng = random.Random(f"shapes/{seed}/{split}/text")
+        img_dir = out / "images" / split
+        img_dir.mkdir(parents=True)
+        meta, captions, instruct, questions = [], [], [], []
+        for index in range(counts[split]):
+            stem = f"{split}_{index:05d}"
+            rel = f"{split}/{stem}.png"
+            scene = _sample_scene(scene_rng, image_size)
+            render_scene(scene, image_size).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
+            meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
+            if split in TEXT_SPLITS:
+                captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
+                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes, image_size))
+            else:
+                questions.extend(_test_questions(text_rng, stem, rel, scene.shapes))
+        _write_json(out / f"meta_{split}.json", meta)
+        if split in TEXT_SPLITS:
+            _write_json(out / f"captions_{split}.json", captions)
+            _write_json(out / f"instruct_{split}.json", instruct)
+            texts += [t["value"] for rec in captions + instruct for t in rec["conversations"]]
+        else:
+            _write_text_atomic(
+                out / "questions_test.jsonl",
+                "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions),
+            )
+            texts += [q["text"] for q in questions] + [q["answer"] for q in questions]
+    _write_text_atomic(out / "corpus.txt", "".join(line + "\n" for line in _corpus_lines(texts)))
+
+    manifest = {
+        **params,
+        "kinds": list(KINDS),
+        "colors": list(COLORS),
+        "sizes": list(SIZES),
+        "positions": list(POSITIONS),
+        "question_types": list(QUESTION_TYPES),
+        "short_answer_suffix": SHORT_ANSWER_SUFFIX,
+    }
+    _write_json(manifest_path, manifest)  # written last: its presence marks a complete data set
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--n-test", type=int, default=300)
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    path = generate_shapes_dataset(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.image_size)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

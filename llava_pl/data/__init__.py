@@ -1,0 +1,1 @@
+"""Data: LLaVA JSON conversations, templates and label masking, images, batching."""

@@ -1,0 +1,148 @@
+"""Conversation templates: how messages become text segments, and which segments are supervised.
+
+A template never renders a whole conversation and masks it afterwards: it yields the text turn by turn,
+each piece flagged as supervised or not, so labels are right by construction whatever the tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from transformers import PreTrainedTokenizerBase
+
+from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.data.conversation import Message
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    supervised: bool
+
+
+class Template(Protocol):
+    def segments(
+        self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        """Text pieces of ``messages``; with ``add_generation_prompt`` (messages ending with a user turn)
+        the last piece is the cue after which the assistant answers."""
+        ...
+
+    def stop_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The token that ends an assistant turn (generation stops there)."""
+        ...
+
+
+def _bos(tokenizer: PreTrainedTokenizerBase) -> str:
+    return tokenizer.bos_token or ""
+
+
+def _end_of_turn(tokenizer: PreTrainedTokenizerBase, end_of_turn: str | None) -> str:
+    token = end_of_turn or tokenizer.eos_token
+    if not token:
+        raise ValueError("the tokenizer has no eos token: give the template an explicit end_of_turn")
+    return token
+
+
+class _EndOfTurn:
+    end_of_turn: str | None = None
+
+    def stop_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        return _end_of_turn(tokenizer, self.end_of_turn)
+
+
+class PlainTemplate(_EndOfTurn):
+    """The align stage's template: the image, then the caption; the user's instruction is dropped.
+
+    Only the caption and its end-of-turn token are supervised (LLaVA's ``plain`` conversation).
+    """
+
+    def __init__(self, end_of_turn: str | None = None) -> None:
+        self.end_of_turn = end_of_turn
+
+    def segments(
+        self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        dialogue = [m for m in messages if m.role != "system"]
+        expected_turns = 1 if add_generation_prompt else 2
+        if len(dialogue) != expected_turns:
+            raise ValueError(f"the plain template takes one caption pair, got {len(dialogue)} turns")
+        images = IMAGE_PLACEHOLDER * dialogue[0].content.count(IMAGE_PLACEHOLDER)
+        segments = [Segment(_bos(tokenizer) + images, False)]
+        if not add_generation_prompt:
+            segments.append(Segment(dialogue[1].content + self.stop_token(tokenizer), True))
+        return segments
+
+
+class VicunaTemplate(_EndOfTurn):
+    """LLaVA-1.5's ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``."""
+
+    DEFAULT_SYSTEM = (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
+
+    def __init__(self, system: str = DEFAULT_SYSTEM, end_of_turn: str | None = None) -> None:
+        self.system = system
+        self.end_of_turn = end_of_turn
+
+    def segments(
+        self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        system = next((m.content for m in messages if m.role == "system"), self.system)
+        end = self.stop_token(tokenizer)
+        segments: list[Segment] = []
+        prefix = _bos(tokenizer) + system + " "
+        for message in messages:
+            if message.role == "user":
+                segments.append(Segment(f"{prefix}USER: {message.content} ASSISTANT:", False))
+                prefix = ""
+            elif message.role == "assistant":
+                segments.append(Segment(f" {message.content}{end}", True))
+        return segments
+
+
+class ChatTemplate(_EndOfTurn):
+    """The tokenizer's own Jinja chat template, so any LLM that ships one works without new code.
+
+    The conversation is rendered one message more at a time; each step's new text is one segment.
+    An assistant segment is supervised up to and including the end-of-turn token; whatever the
+    template puts after it (often a newline) is not.
+
+    Args:
+        end_of_turn: the token that closes an assistant turn; default the tokenizer's eos token.
+    """
+
+    def __init__(self, end_of_turn: str | None = None) -> None:
+        self.end_of_turn = end_of_turn
+
+    def segments(
+        self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
+    ) -> list[Segment]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{type(tokenizer).__name__} has no chat_template: choose another template")
+        end = self.stop_token(tokenizer)
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        segments: list[Segment] = []
+        rendered = ""
+        for count in range(1, len(chat) + 1):
+            next_is_assistant = count < len(chat) and chat[count]["role"] == "assistant"
+            cue = next_is_assistant or (count == len(chat) and add_generation_prompt)
+            text = tokenizer.apply_chat_template(chat[:count], tokenize=False, add_generation_prompt=cue)
+            if not text.startswith(rendered):
+                raise ValueError(
+                    "the tokenizer's chat template is not prefix-stable (rendering one more message changes "
+                    f"earlier text), so turns cannot be masked exactly; use another template. Before: {rendered!r}"
+                )
+            new_text, rendered = text[len(rendered) :], text
+            if chat[count - 1]["role"] != "assistant":
+                segments.append(Segment(new_text, False))
+                continue
+            cut = new_text.rfind(end)
+            cut = len(new_text) if cut < 0 else cut + len(end)
+            segments.append(Segment(new_text[:cut], True))
+            if new_text[cut:]:
+                segments.append(Segment(new_text[cut:], False))
+        return segments

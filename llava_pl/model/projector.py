@@ -1,0 +1,24 @@
+"""Projectors that map vision features into the language model's embedding space."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class LinearProjector(nn.Linear):
+    """LLaVA-1's projector: one linear layer."""
+
+    def __init__(self, vision_dim: int, llm_dim: int) -> None:
+        super().__init__(vision_dim, llm_dim)
+
+
+class MLPProjector(nn.Sequential):
+    """``mlp{depth}x_gelu``: linear, then (GELU, linear) ``depth - 1`` times; LLaVA-1.5 uses depth 2."""
+
+    def __init__(self, vision_dim: int, llm_dim: int, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"projector depth must be at least 1, got {depth}")
+        layers: list[nn.Module] = [nn.Linear(vision_dim, llm_dim)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(llm_dim, llm_dim)]
+        super().__init__(*layers)

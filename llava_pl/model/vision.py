@@ -1,0 +1,133 @@
+"""A vision encoder wrapper around any Hugging Face vision tower (CLIP, SigLIP, DINOv2, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoImageProcessor, BaseImageProcessor, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+SelectFeature = Literal["patch", "cls_patch"]
+
+
+def _vision_config(config: PretrainedConfig) -> PretrainedConfig:
+    # Dual-encoder checkpoints (CLIP, SigLIP) nest the tower's config; vision-only ones are the config.
+    return getattr(config, "vision_config", None) or config
+
+
+def _vision_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError as error:
+        raise ValueError(f"transformers has no vision model for config type {type(config).__name__}") from error
+
+
+class VisionEncoder(nn.Module):
+    """Turns pixel values into a sequence of patch features taken from one hidden layer of the tower.
+
+    Args:
+        tower: the Hugging Face vision model (e.g. ``CLIPVisionModel``).
+        image_processor: the tower's own image processor (resize, crop, normalise).
+        select_layer: index into the tower's hidden states; -2 is the penultimate layer (LLaVA).
+        select_feature: ``patch`` keeps only patch tokens, ``cls_patch`` keeps the CLS token too.
+    """
+
+    def __init__(
+        self,
+        tower: PreTrainedModel,
+        image_processor: BaseImageProcessor,
+        select_layer: int = -2,
+        select_feature: SelectFeature = "patch",
+    ) -> None:
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        self.tower = tower
+        self.image_processor = image_processor
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        config = tower.config
+        self.num_patches = (config.image_size // config.patch_size) ** 2
+        self.num_prefix_tokens = self._count_prefix_tokens()
+        if select_feature == "cls_patch" and self.num_prefix_tokens == 0:
+            raise ValueError(f"{type(tower).__name__} has no CLS token: use select_feature='patch'")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        select_layer: int = -2,
+        select_feature: SelectFeature = "patch",
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> VisionEncoder:
+        """Loads the tower and its image processor from a hub name or a local folder.
+
+        A dual-encoder checkpoint (a full CLIP or SigLIP model) gives its vision half.
+        """
+        config = _vision_config(AutoConfig.from_pretrained(name_or_path))
+        tower = _vision_model_class(config).from_pretrained(name_or_path, dtype=dtype, **kwargs)
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+        return cls(tower, image_processor, select_layer=select_layer, select_feature=select_feature)
+
+    @classmethod
+    def from_config(
+        cls,
+        model_type: str,
+        config: dict[str, Any],
+        image_processor: dict[str, Any],
+        select_layer: int = -2,
+        select_feature: SelectFeature = "patch",
+    ) -> VisionEncoder:
+        """Builds a randomly initialised tower from config values (the demo and tests use this).
+
+        Args:
+            model_type: a transformers vision model type, e.g. ``clip_vision_model``, ``siglip_vision_model``.
+            config: keyword arguments of that model type's config class.
+            image_processor: keyword arguments of an image processor, with ``image_processor_type``
+                naming its class (e.g. ``CLIPImageProcessor``).
+        """
+        tower_config = AutoConfig.for_model(model_type, **config)
+        tower = _vision_model_class(tower_config)(tower_config)
+        processor_kwargs = dict(image_processor)
+        processor_class = getattr(transformers, processor_kwargs.pop("image_processor_type"))
+        processor = processor_class(**processor_kwargs)
+        return cls(tower, processor, select_layer=select_layer, select_feature=select_feature)
+
+    def _count_prefix_tokens(self) -> int:
+        # Tokens the tower puts in front of the patches: a CLS token (CLIP, DINOv2) and register tokens.
+        embeddings = self._embeddings()
+        has_cls = any(hasattr(embeddings, name) for name in ("class_embedding", "cls_token"))
+        return int(has_cls) + getattr(self.tower.config, "num_register_tokens", 0)
+
+    def _embeddings(self) -> nn.Module:
+        base = getattr(self.tower, "vision_model", self.tower)
+        embeddings = getattr(base, "embeddings", None)
+        if embeddings is None:
+            raise ValueError(f"cannot find the embeddings of {type(self.tower).__name__}")
+        return embeddings
+
+    @property
+    def hidden_size(self) -> int:
+        return self.tower.config.hidden_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """How many LLM positions one image occupies."""
+        return self.num_patches + (1 if self.select_feature == "cls_patch" else 0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.tower.parameters()).dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Returns features of shape ``(num_images, num_image_tokens, hidden_size)``."""
+        outputs = self.tower(pixel_values.to(self.dtype), output_hidden_states=True)
+        hidden = outputs.hidden_states[self.select_layer]
+        patches = hidden[:, self.num_prefix_tokens :]
+        if self.select_feature == "cls_patch":
+            return torch.cat([hidden[:, :1], patches], dim=1)
+        return patches

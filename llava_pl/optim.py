@@ -1,0 +1,31 @@
+"""Optimizer parameter groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+
+def no_decay(name: str, parameter: nn.Parameter) -> bool:
+    """Biases and normalisation weights (all 1-D parameters) get no weight decay."""
+    return parameter.ndim < 2 or name.endswith(".bias")
+
+
+def parameter_groups(
+    parts: Iterable[tuple[str, nn.Module]], lr: float, weight_decay: float
+) -> list[dict]:
+    """One decayed and one non-decayed group per trainable part, each named ``<part>`` / ``<part>/no_decay``."""
+    groups = []
+    for part_name, module in parts:
+        decayed, plain = [], []
+        for name, parameter in module.named_parameters():
+            if parameter.requires_grad:
+                (plain if no_decay(name, parameter) else decayed).append(parameter)
+        if decayed:
+            groups.append({"name": part_name, "params": decayed, "lr": lr, "weight_decay": weight_decay})
+        if plain:
+            groups.append({"name": f"{part_name}/no_decay", "params": plain, "lr": lr, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("no trainable parameters: the stage freezes every part")
+    return groups

@@ -1,0 +1,38 @@
+"""Projector weights as a safetensors file: what the align stage hands to the finetune stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+PROJECTOR_FILE = "projector.safetensors"
+
+
+def save_projector(projector: nn.Module, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in projector.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
+def load_projector(projector: nn.Module, path: str | Path) -> None:
+    """Loads weights from a file, or from ``projector.safetensors`` inside a folder (an align run's stage folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROJECTOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"projector weights not found: {path}")
+    state = load_file(str(path))
+    expected = projector.state_dict()
+    if set(state) != set(expected):
+        raise ValueError(f"{path}: projector keys {sorted(state)} do not match the model's {sorted(expected)}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{path}: projector weight {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[name].shape)}"
+            )
+    projector.load_state_dict(state)

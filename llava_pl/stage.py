@@ -1,0 +1,63 @@
+"""What one training stage is: which parts train, on which data, with which hyperparameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Part = Literal["vision", "projector", "llm"]
+PARTS: tuple[Part, ...] = ("vision", "projector", "llm")
+
+
+@dataclass
+class StageConfig:
+    """One stage of training, as a file of ``conf/stage/`` declares it.
+
+    Attributes:
+        name: the stage's name (its key under ``stage:``); also names its output folder.
+        trains: the parts whose parameters learn; all others are frozen and kept in eval mode.
+        dataset: the key of this stage's data under ``data.sets``.
+        template: the conversation template (a Hydra-instantiable config).
+        global_batch_size: samples per optimizer step over all devices; accumulation is derived.
+    """
+
+    name: str
+    trains: list[Part]
+    dataset: str
+    template: Any
+    lr: float
+    global_batch_size: int
+    micro_batch_size: int
+    epochs: int
+    max_steps: int
+    warmup_ratio: float
+    weight_decay: float
+    betas: tuple[float, float]
+    gradient_clip_val: float
+    max_length: int
+    gradient_checkpointing: bool
+    val_check_interval: float | int | None
+
+    def __post_init__(self) -> None:
+        unknown = [part for part in self.trains if part not in PARTS]
+        if unknown:
+            raise ValueError(f"stage {self.name}: trains has unknown part(s) {unknown}; choose from {list(PARTS)}")
+        for key in ("lr", "global_batch_size", "micro_batch_size"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"stage {self.name}: {key} must be positive, got {getattr(self, key)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"stage {self.name}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step so that ``global_batch_size`` samples make one step."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"stage {self.name}: global_batch_size {self.global_batch_size} is not divisible by "
+                f"micro_batch_size {self.micro_batch_size} x world size {world_size}"
+            )
+        return self.global_batch_size // per_step
+
+    def warmup_steps(self, total_steps: int) -> int:
+        return math.ceil(self.warmup_ratio * total_steps)

@@ -1,0 +1,73 @@
+"""Shared fixtures: small demo data, the demo tokenizer, and the real Hydra config composed for tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from data.shapes import generate_shapes_dataset
+from data.tokenizer import build_demo_tokenizer
+from llava_pl.resolvers import register_resolvers
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+FORMATS_DIR = Path(__file__).resolve().parents[2] / "shared" / "formats"
+
+register_resolvers()
+for variable in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    os.environ.setdefault(variable, str(Path(os.environ.get("TMPDIR", "/tmp")) / "llava_pl_wandb"))
+os.environ.setdefault("WANDB_SILENT", "true")
+
+SMALL_DATA = {"n_train": 48, "n_val": 8, "n_test": 24, "image_size": 64}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small shapes data set and the demo tokenizer, laid out as ``paths.data_dir`` expects."""
+    root = tmp_path_factory.mktemp("data")
+    generate_shapes_dataset(root / "shapes", seed=0, **SMALL_DATA)
+    build_demo_tokenizer(root / "tokenizer", root / "shapes" / "corpus.txt")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_dir: Path):
+    from llava_pl.model.llm import load_tokenizer
+
+    return load_tokenizer(str(data_dir / "tokenizer"))
+
+
+def small_overrides(data_dir: Path, run_dir: Path, shapes: bool = True) -> list[str]:
+    """Overrides that make the demo config fast: the small shapes data (``shapes``), no workers, no bar."""
+    return [
+        f"paths.data_dir={data_dir}",
+        f"run_dir={run_dir}",
+        *(f"data.prepare.0.{key}={value}" for key, value in SMALL_DATA.items() if shapes),
+        "data.num_workers=0",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+@pytest.fixture
+def compose_config(data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Composes ``conf/train.yaml`` with the small overrides plus the test's own."""
+
+    def _compose(*overrides: str, shapes: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            base = small_overrides(data_dir, tmp_path / "run", shapes)
+            return compose("train", overrides=[*base, *overrides])
+
+    return _compose
+
+
+def formats_file(name: str) -> Path:
+    """A file of the shared real-format excerpts; skips the test where the folder is absent (a user's clone)."""
+    path = FORMATS_DIR / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the shared real-data excerpts are only present in the project workspace")
+    return path

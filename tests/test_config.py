@@ -1,0 +1,127 @@
+"""Every option of every config group composes with the rest and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
+
+from llava_pl.data.datamodule import LlavaDataModule
+from llava_pl.model.vision import VisionEncoder
+from llava_pl.stage import StageConfig
+from llava_pl.train import build_loggers, build_model, selected_stages
+from tests.conftest import CONF_DIR
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+GROUPS = ["stage", "model", "model/vision", "model/llm", "model/projector", "data", "strategy", "logger",
+          "trainer", "evaluation", "experiment"]
+ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+@pytest.fixture(scope="module")
+def saved_backbones(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """Tiny CLIP and Llama checkpoints saved to local folders, standing in for hub downloads."""
+    root = tmp_path_factory.mktemp("hub")
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "image_size": 32, "patch_size": 8}
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    CLIPModel(CLIPConfig(vision_config=tower, text_config=text)).save_pretrained(root / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
+    from llava_pl.model.llm import load_tokenizer
+
+    tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    llama.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    return {"clip": root / "clip", "llm": root / "llm"}
+
+
+def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir: Path) -> list[str]:
+    extra = [f"{group}={option}"]
+    if (group, option) == ("model/vision", "pretrained"):
+        extra.append(f"model.vision.name_or_path={backbones['clip']}")
+    if group == "model/llm" and option != "tiny_llama":
+        extra += [f"model.llm.name_or_path={backbones['llm']}", "model.llm.tokenizer.pad_token='<pad>'"]
+    if (group, option) == ("data", "llava"):
+        shapes = data_dir / "shapes"
+        extra += [f"data.image_folder={shapes}/images", f"data.sets.align.train={shapes}/captions_train.json",
+                  f"data.sets.finetune.train={shapes}/instruct_train.json"]
+    if (group, option) == ("logger", "wandb"):
+        extra.append("logger.wandb.mode=offline")
+    return extra
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_option_composes_and_instantiates(group, option, compose_config, saved_backbones, data_dir) -> None:
+    cfg = compose_config(*overrides_for(group, option, saved_backbones, data_dir), shapes=(group, option) != ("data", "llava"))
+    if group == "stage" or group == "experiment":
+        stages = selected_stages(cfg)
+        assert all(isinstance(stage, StageConfig) for stage in stages)
+        assert all(hasattr(instantiate(stage.template), "segments") for stage in stages)
+    elif group == "model" or group == "model/llm":
+        tokenizer = instantiate(cfg.model.llm.tokenizer)
+        model = build_model(cfg.model, tokenizer)
+        assert model.llm.get_input_embeddings().num_embeddings >= len(tokenizer)
+        assert hasattr(instantiate(cfg.model.llm.template), "segments")
+    elif group == "model/vision":
+        encoder = instantiate(cfg.model.vision)
+        assert isinstance(encoder, VisionEncoder)
+        size = encoder.tower.config.image_size
+        assert encoder(torch.zeros(1, 3, size, size)).shape[1] == encoder.num_image_tokens
+    elif group == "model/projector":
+        projector = instantiate(cfg.model.projector)(12, 20)
+        assert projector(torch.zeros(2, 12)).shape == (2, 20)
+    elif group == "data":
+        for step in cfg.data.get("prepare") or []:
+            instantiate(step)
+        for name in ("align", "finetune"):
+            module = LlavaDataModule(**cfg.data.sets[name], image_folder=cfg.data.image_folder)
+            assert Path(module.train_path).is_file()
+    elif group == "strategy":
+        strategy = instantiate(cfg.strategy)
+        assert strategy == "auto" or isinstance(strategy, L.pytorch.strategies.Strategy)
+    elif group == "logger":
+        loggers = build_loggers(cfg.get("logger"), "align")
+        assert all(isinstance(logger, Logger) for logger in loggers)
+        assert len(loggers) == (0 if option == "none" else 1)
+    elif group == "trainer":
+        trainer = instantiate(cfg.trainer, logger=False)
+        assert isinstance(trainer, L.Trainer)
+    elif group == "evaluation":
+        evaluation = instantiate(cfg.evaluation) if cfg.evaluation else None
+        assert (evaluation is None) == (option == "none")
+
+
+def test_selected_stage_ignores_tuning_of_unselected_stage(compose_config) -> None:
+    cfg = compose_config("stage=align")
+    assert "finetune" in cfg.stage  # the demo's tuning is there...
+    assert [stage.name for stage in selected_stages(cfg)] == ["align"]  # ...but only align runs
+
+
+def test_stage_values_follow_llava_and_overrides(compose_config) -> None:
+    cfg = compose_config("experiment=none", "stage.finetune.lr=3e-5")
+    align, finetune = selected_stages(cfg)
+    assert (align.lr, align.global_batch_size, align.trains) == (1e-3, 256, ["projector"])
+    assert (finetune.lr, finetune.global_batch_size, finetune.trains) == (3e-5, 128, ["projector", "llm"])
+    assert finetune.warmup_ratio == 0.03 and finetune.max_length == 2048 and finetune.epochs == 1
+
+
+def test_invalid_stage_values_are_refused(compose_config) -> None:
+    with pytest.raises(ValueError, match="stage align: lr must be positive"):
+        selected_stages(compose_config("stage=align", "stage.align.lr=-1"))
+    with pytest.raises(ValueError, match="unknown part"):
+        selected_stages(compose_config("stage=align", "stage.align.trains=[projector,decoder]"))
+    stage = selected_stages(compose_config("stage=align", "stage.align.global_batch_size=48", "stage.align.micro_batch_size=16"))[0]
+    with pytest.raises(ValueError, match="global_batch_size 48 is not divisible"):
+        stage.accumulation(world_size=2)
+    assert stage.accumulation(world_size=1) == 3
