@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -29,7 +30,7 @@ def prompt_ids(
 
 
 class Answerer:
-    """Answers questions about images in batches (left padding, KV cache, greedy decoding)."""
+    """Answers questions about images in batches (left padding, KV cache, greedy unless told to sample)."""
 
     def __init__(
         self,
@@ -38,12 +39,15 @@ class Answerer:
         template: Template,
         max_new_tokens: int = 16,
         batch_size: int = 32,
+        **sampling: Any,
     ) -> None:
+        """``sampling``: ``generate`` options such as ``do_sample``, ``temperature``, ``top_p``; greedy without."""
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.sampling = {"do_sample": False, **sampling}
         self.collator = LlavaCollator(tokenizer.pad_token_id, padding_side="left")
         self.stop_id = tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
 
@@ -75,7 +79,7 @@ class Answerer:
                 pixel_values=batch["pixel_values"].to(device),
                 images_per_sample=batch["images_per_sample"],
                 max_new_tokens=self.max_new_tokens,
-                do_sample=False,
+                **self.sampling,
                 eos_token_id=self.stop_id,
                 pad_token_id=self.tokenizer.pad_token_id,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -9,31 +10,48 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import get_cosine_schedule_with_warmup
 
+from llava_pl.lora import apply_lora, has_lora
 from llava_pl.model.llava import LlavaModel
 from llava_pl.optim import parameter_groups
 from llava_pl.stage import PARTS, StageConfig
 
 
 def set_trainable(model: LlavaModel, trains: list[str]) -> str:
-    """Freezes every part not in ``trains``; returns a table of trainable/frozen parameters per part."""
-    rows = [f"{'part':<10} {'status':<10} {'parameters':>14}"]
+    """Freezes every part not in ``trains``; returns a table of trainable/frozen parameters per part.
+
+    A LoRA-wrapped LLM that trains keeps peft's choice: only its adapters learn.
+    """
+    rows = [f"{'part':<10} {'status':<10} {'parameters':>14} {'trainable':>14}"]
     for part in PARTS:
         module = getattr(model, part)
         trainable = part in trains
-        module.requires_grad_(trainable)
-        count = sum(parameter.numel() for parameter in module.parameters())
-        rows.append(f"{part:<10} {'trainable' if trainable else 'frozen':<10} {count:>14,}")
+        if not (trainable and has_lora(module)):
+            module.requires_grad_(trainable)
+        total = sum(parameter.numel() for parameter in module.parameters())
+        learning = sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
+        status = ("lora" if has_lora(module) else "trainable") if trainable else "frozen"
+        rows.append(f"{part:<10} {status:<10} {total:>14,} {learning:>14,}")
     return "\n".join(rows)
 
 
 class LlavaModule(L.LightningModule):
     """Trains the parts of a ``LlavaModel`` that the stage selects; frozen parts stay in eval mode."""
 
-    def __init__(self, model: LlavaModel, stage: StageConfig) -> None:
+    def __init__(
+        self,
+        model: LlavaModel,
+        stage: StageConfig,
+        model_config: dict[str, Any] | None = None,
+        image_aspect: str = "pad",
+    ) -> None:
+        """``model_config`` (the resolved ``model`` config) is recorded so that a checkpoint can rebuild
+        the model for inference and export on its own."""
         super().__init__()
         self.model = model
         self.stage = stage
-        self.save_hyperparameters({"stage": {k: v for k, v in vars(stage).items() if k != "template"}})
+        self.save_hyperparameters({"stage": vars(stage), "model": model_config, "image_aspect": image_aspect})
+        if stage.lora and "llm" in stage.trains:
+            apply_lora(model, stage.lora)
         self.parameter_table = set_trainable(model, stage.trains)
         if stage.gradient_checkpointing:
             model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -44,6 +62,14 @@ class LlavaModule(L.LightningModule):
             if part not in self.stage.trains:
                 getattr(self.model, part).eval()  # no dropout, no batch-norm statistics updates
         return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Random state too, so that dropout after a resume draws what it would have drawn.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["rng_state"]["torch"])
 
     def on_fit_start(self) -> None:
         rank_zero_info(f"stage {self.stage.name}\n{self.parameter_table}")
@@ -70,12 +96,22 @@ class LlavaModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole stage, for the schedule.
+
+        Computed from the data module rather than with ``trainer.estimated_stepping_batches``, which
+        builds the train loader before a checkpoint's data position is restored and so defeats resume.
+        """
+        batches = self.trainer.datamodule.train_batches_per_epoch()
+        total = math.ceil(batches / self.trainer.accumulate_grad_batches) * self.stage.epochs
+        return min(total, self.stage.max_steps) if self.stage.max_steps > 0 else total
+
     def configure_optimizers(self) -> dict[str, Any]:
         stage = self.stage
-        parts = [(part, getattr(self.model, part)) for part in PARTS if part in stage.trains]
+        parts = [(part, getattr(self.model, part), stage.lr_of(part)) for part in PARTS if part in stage.trains]
         optimizer = torch.optim.AdamW(
-            parameter_groups(parts, stage.lr, stage.weight_decay), lr=stage.lr, betas=tuple(stage.betas)
+            parameter_groups(parts, stage.weight_decay), lr=stage.lr, betas=tuple(stage.betas)
         )
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.total_steps()
         scheduler = get_cosine_schedule_with_warmup(optimizer, stage.warmup_steps(total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

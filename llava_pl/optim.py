@@ -13,11 +13,15 @@ def no_decay(name: str, parameter: nn.Parameter) -> bool:
 
 
 def parameter_groups(
-    parts: Iterable[tuple[str, nn.Module]], lr: float, weight_decay: float
+    parts: Iterable[tuple[str, nn.Module, float]], weight_decay: float
 ) -> list[dict]:
-    """One decayed and one non-decayed group per trainable part, each named ``<part>`` / ``<part>/no_decay``."""
+    """One decayed and one non-decayed group per trainable part, each named ``<part>`` / ``<part>/no_decay``.
+
+    Args:
+        parts: ``(name, module, learning rate)`` per part; only parameters that require grad are taken.
+    """
     groups = []
-    for part_name, module in parts:
+    for part_name, module, lr in parts:
         decayed, plain = [], []
         for name, parameter in module.named_parameters():
             if parameter.requires_grad:

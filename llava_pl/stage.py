@@ -19,7 +19,11 @@ class StageConfig:
         trains: the parts whose parameters learn; all others are frozen and kept in eval mode.
         dataset: the key of this stage's data under ``data.sets``.
         template: the conversation template (a Hydra-instantiable config).
+        lr: the learning rate of every trained part without its own entry in ``part_lr``.
+        part_lr: per-part learning rates (``vision``, ``projector``, ``llm``); ``null`` means ``lr``.
         global_batch_size: samples per optimizer step over all devices; accumulation is derived.
+        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``target_modules``) or ``null`` to train the
+            LLM's own weights.
     """
 
     name: str
@@ -27,6 +31,7 @@ class StageConfig:
     dataset: str
     template: Any
     lr: float
+    part_lr: dict[str, float | None]
     global_batch_size: int
     micro_batch_size: int
     epochs: int
@@ -38,6 +43,7 @@ class StageConfig:
     max_length: int
     gradient_checkpointing: bool
     val_check_interval: float | int | None
+    lora: dict[str, Any] | None
 
     def __post_init__(self) -> None:
         unknown = [part for part in self.trains if part not in PARTS]
@@ -46,6 +52,12 @@ class StageConfig:
         for key in ("lr", "global_batch_size", "micro_batch_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"stage {self.name}: {key} must be positive, got {getattr(self, key)}")
+        unknown = [part for part in self.part_lr if part not in PARTS]
+        if unknown:
+            raise ValueError(f"stage {self.name}: part_lr has unknown part(s) {unknown}; choose from {list(PARTS)}")
+        for part, value in self.part_lr.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"stage {self.name}: part_lr.{part} must be positive, got {value}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"stage {self.name}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -58,6 +70,9 @@ class StageConfig:
                 f"micro_batch_size {self.micro_batch_size} x world size {world_size}"
             )
         return self.global_batch_size // per_step
+
+    def lr_of(self, part: str) -> float:
+        return self.part_lr.get(part) or self.lr
 
     def warmup_steps(self, total_steps: int) -> int:
         return math.ceil(self.warmup_ratio * total_steps)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
@@ -16,9 +17,10 @@ from transformers import PreTrainedTokenizerBase
 
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.images import ImageTransform
+from llava_pl.model.build import build_model
 from llava_pl.model.llava import LlavaModel
 from llava_pl.module import LlavaModule
-from llava_pl.projector_io import PROJECTOR_FILE, load_projector, save_projector
+from llava_pl.projector_io import PROJECTOR_FILE, save_projector
 from llava_pl.resolvers import register_resolvers
 from llava_pl.stage import StageConfig
 
@@ -47,24 +49,57 @@ def selected_stages(cfg: DictConfig) -> list[StageConfig]:
     return stages
 
 
-def build_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaModel:
-    """Vision encoder, projector sized from both backbones, and the LLM sized to the tokenizer."""
-    vision = instantiate(model_cfg.vision)
-    llm = instantiate(model_cfg.llm.model, tokenizer=tokenizer)
-    model = LlavaModel(vision, instantiate(model_cfg.projector), llm)
-    if model_cfg.get("projector_weights"):
-        load_projector(model.projector, model_cfg.projector_weights)
-    return model
-
-
 def build_loggers(logger_cfg: DictConfig | None, version: str) -> list[Logger]:
     return [instantiate(entry, version=version) for entry in (logger_cfg or {}).values() if entry]
 
 
+def stage_checkpoint(run_dir: Path, stage: StageConfig) -> Path:
+    return run_dir / stage.name / "checkpoints" / "last.ckpt"
+
+
+def stage_is_complete(run_dir: Path, stage: StageConfig) -> bool:
+    """The projector file is written last, after the stage's final checkpoint."""
+    return (run_dir / stage.name / PROJECTOR_FILE).is_file() and stage_checkpoint(run_dir, stage).is_file()
+
+
+def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path) -> list[tuple[StageConfig, str | None]]:
+    """Which stages still run, and the checkpoint each resumes from.
+
+    ``ckpt_path=last`` (with ``hydra.run.dir`` set to the interrupted run's folder) skips the stages that
+    completed and resumes the first unfinished one from its ``last.ckpt``; a path resumes the first
+    selected stage from that file.
+    """
+    if ckpt_path is None:
+        return [(stage, None) for stage in stages]
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+        return [(stage, ckpt_path if index == 0 else None) for index, stage in enumerate(stages)]
+    plan = []
+    for stage in stages:
+        if stage_is_complete(run_dir, stage):
+            continue
+        last = stage_checkpoint(run_dir, stage)
+        plan.append((stage, str(last) if last.is_file() and not plan else None))
+    return plan
+
+
+def load_stage_weights(model: LlavaModel, stage: StageConfig, checkpoint: Path) -> None:
+    """Puts the weights a completed stage ended with into ``model`` (its LoRA adapters included)."""
+    module = LlavaModule(model, stage)
+    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+
+
 def fit_stage(
-    cfg: DictConfig, stage: StageConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerBase, run_dir: Path
+    cfg: DictConfig,
+    stage: StageConfig,
+    model: LlavaModel,
+    tokenizer: PreTrainedTokenizerBase,
+    run_dir: Path,
+    ckpt_path: str | None = None,
 ) -> L.Trainer:
-    """Trains one stage; its checkpoints and projector weights go to ``run_dir/<stage name>/``."""
+    """Trains one stage (or resumes it from ``ckpt_path``); its checkpoints and projector weights go to
+    ``run_dir/<stage name>/``."""
     stage_dir = run_dir / stage.name
     data = LlavaDataModule(
         **cfg.data.sets[stage.dataset],
@@ -73,15 +108,17 @@ def fit_stage(
         max_length=stage.max_length,
         image_aspect=cfg.data.image_aspect,
         num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
     )
     data.connect(tokenizer, instantiate(stage.template), model.vision.image_processor, model.tokens_per_image)
-    module = LlavaModule(model, stage)
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=1)
+    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect)
+    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", **cfg.checkpoint)
+    extra_callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         strategy=instantiate(cfg.strategy),
         logger=build_loggers(cfg.get("logger"), stage.name) or False,
-        callbacks=[checkpoint],
+        callbacks=[*extra_callbacks, checkpoint],
         default_root_dir=str(stage_dir),
         max_epochs=stage.epochs,
         max_steps=stage.max_steps,
@@ -89,7 +126,8 @@ def fit_stage(
         **({"val_check_interval": stage.val_check_interval} if stage.val_check_interval else {}),
     )
     trainer.accumulate_grad_batches = stage.accumulation(trainer.world_size)
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(stage_checkpoint(run_dir, stage))
     if trainer.is_global_zero:
         save_projector(model.projector, stage_dir / PROJECTOR_FILE)
     return trainer
@@ -119,8 +157,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         instantiate(step)
     tokenizer = instantiate(cfg.model.llm.tokenizer)
     model = build_model(cfg.model, tokenizer)
-    for stage in stages:
-        fit_stage(cfg, stage, model, tokenizer, run_dir)
+    plan = resume_plan(cfg.get("ckpt_path"), stages, run_dir)
+    completed = [stage for stage in stages if stage not in [planned for planned, _ in plan]]
+    if completed:
+        log.info(f"stages already complete in {run_dir}: {[stage.name for stage in completed]}")
+        load_stage_weights(model, completed[-1], stage_checkpoint(run_dir, completed[-1]))
+    for stage, ckpt_path in plan:
+        fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path)
     if not cfg.get("evaluation"):
         return {}
     results = evaluate(cfg, model, tokenizer, run_dir) or {}

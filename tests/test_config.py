@@ -14,7 +14,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig,
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.model.vision import VisionEncoder
 from llava_pl.stage import StageConfig
-from llava_pl.train import build_loggers, build_model, selected_stages
+from llava_pl.model.build import build_model
+from llava_pl.train import build_loggers, selected_stages
 from tests.conftest import CONF_DIR
 
 

@@ -10,7 +10,8 @@ from llava_pl.constants import IMAGE_TOKEN_ID
 from llava_pl.module import LlavaModule
 from llava_pl.optim import parameter_groups
 from llava_pl.stage import PARTS
-from llava_pl.train import build_model, selected_stages
+from llava_pl.model.build import build_model
+from llava_pl.train import selected_stages
 
 
 @pytest.fixture

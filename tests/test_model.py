@@ -68,7 +68,7 @@ def test_projectors_are_sized_from_the_backbones() -> None:
 def test_llava_forward_with_mixed_batch(compose_config) -> None:
     from hydra.utils import instantiate
 
-    from llava_pl.train import build_model
+    from llava_pl.model.build import build_model
 
     cfg = compose_config()
     for step in cfg.data.prepare:

@@ -9,6 +9,7 @@ from transformers import BaseImageProcessor, PreTrainedTokenizerBase
 from llava_pl.data.collate import LlavaCollator
 from llava_pl.data.dataset import LlavaDataset
 from llava_pl.data.images import ImageAspect, ImageTransform
+from llava_pl.data.sampler import ResumableDataLoader, ResumableSampler
 from llava_pl.data.templates import Template
 
 
@@ -28,6 +29,7 @@ class LlavaDataModule(L.LightningDataModule):
         max_length: int | None = 2048,
         image_aspect: ImageAspect = "pad",
         num_workers: int = 4,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.train_path = train
@@ -37,6 +39,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.image_aspect = image_aspect
         self.num_workers = num_workers
+        self.seed = seed
         self._connection: dict | None = None
 
     def connect(
@@ -63,19 +66,39 @@ class LlavaDataModule(L.LightningDataModule):
         self.train_set = self._dataset(self.train_path)
         self.val_set = self._dataset(self.val_path) if self.val_path else None
 
-    def _loader(self, dataset: LlavaDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
+    def _sampler(self, dataset: LlavaDataset, shuffle: bool) -> ResumableSampler:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return ResumableSampler(len(dataset), self.seed, shuffle, rank, world_size)
+
+    def train_batches_per_epoch(self) -> int:
+        """Micro-batches each rank trains on per epoch (the last incomplete batch is dropped)."""
+        return len(self._sampler(self.train_set, shuffle=True)) // self.micro_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled per epoch by ``(seed, epoch)``, sharded over ranks, resumable mid-epoch."""
+        return ResumableDataLoader(
+            self.train_set,
             batch_size=self.micro_batch_size,
-            shuffle=shuffle,
+            sampler=self._sampler(self.train_set, shuffle=True),
             num_workers=self.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle,
+            drop_last=True,
+            batches_done=self._batches_done,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        return DataLoader(
+            self.val_set,
+            batch_size=self.micro_batch_size,
+            sampler=self._sampler(self.val_set, shuffle=False),
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+        )
+
+    def _batches_done(self) -> int:
+        """Micro-batches of the current epoch the training loop has processed."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -1,0 +1,75 @@
+"""Loading a trained model for inference from a Lightning checkpoint or an exported Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from transformers import PreTrainedTokenizerBase
+
+from llava_pl.data.images import ImageTransform
+from llava_pl.data.templates import Template
+from llava_pl.model.build import build_model
+from llava_pl.model.llava import LlavaModel
+
+
+@dataclass
+class LoadedModel:
+    model: LlavaModel
+    tokenizer: PreTrainedTokenizerBase
+    template: Template
+    image_transform: ImageTransform
+
+
+def _is_hf_llava_folder(path: Path) -> bool:
+    config = path / "config.json"
+    return path.is_dir() and config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
+
+
+def load_for_inference(path: str | Path, template: dict[str, Any] | None = None) -> LoadedModel:
+    """A Lightning ``.ckpt`` written by llava_pl (it carries its model config) or an exported Llava folder.
+
+    Args:
+        template: a template config to use instead of the one the checkpoint recorded (for an exported
+            folder the default is the tokenizer's chat template).
+    """
+    path = Path(path)
+    if _is_hf_llava_folder(path):
+        model_cfg = {
+            "vision": {"_target_": "llava_pl.model.hf_llava.vision_from_llava", "name_or_path": str(path)},
+            "projector": {"_target_": "llava_pl.model.hf_llava.projector_from_llava", "_partial_": True,
+                          "name_or_path": str(path)},
+            "llm": {
+                "tokenizer": {"_target_": "llava_pl.model.llm.load_tokenizer", "name_or_path": str(path)},
+                "model": {"_target_": "llava_pl.model.hf_llava.llm_from_llava", "name_or_path": str(path)},
+            },
+        }
+        template = template or {"_target_": "llava_pl.data.templates.ChatTemplate"}
+        image_aspect = "pad"
+        state_dict = None
+    elif path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        recorded = checkpoint.get("hyper_parameters", {})
+        if "model" not in recorded:
+            raise ValueError(f"{path} is not a llava_pl checkpoint: it records no model config")
+        model_cfg = recorded["model"]
+        template = template or recorded["stage"]["template"]
+        image_aspect = recorded.get("image_aspect", "pad")
+        state_dict = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    else:
+        raise FileNotFoundError(f"no checkpoint file or exported Llava folder at {path}")
+    tokenizer = instantiate(model_cfg["llm"]["tokenizer"])
+    model = build_model({**model_cfg, "projector_weights": None}, tokenizer)
+    if state_dict is not None:
+        lora = recorded["stage"].get("lora")
+        if lora:
+            from llava_pl.lora import apply_lora
+
+            apply_lora(model, lora)
+        model.load_state_dict(state_dict)
+    model.eval()
+    return LoadedModel(model, tokenizer, instantiate(template), ImageTransform(model.vision.image_processor, image_aspect))
