@@ -41,6 +41,31 @@ def tokenizer(data_dir: Path):
     return load_tokenizer(str(data_dir / "tokenizer"))
 
 
+@pytest.fixture(scope="session")
+def saved_llava(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ``LlavaForConditionalGeneration`` saved like a published checkpoint (a hub stand-in)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from llava_pl.model.llm import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("published_llava")
+    tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                       num_attention_heads=2, image_size=32, patch_size=8).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96,
+                                num_hidden_layers=2, num_attention_heads=4).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
 def small_overrides(data_dir: Path, run_dir: Path, shapes: bool = True) -> list[str]:
     """Overrides that make the demo config fast: the small shapes data (``shapes``), no workers, no bar."""
     return [

@@ -29,7 +29,7 @@ ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
 @pytest.fixture(scope="module")
-def saved_backbones(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+def saved_backbones(tmp_path_factory, data_dir: Path, saved_llava: Path) -> dict[str, Path]:
     """Tiny CLIP and Llama checkpoints saved to local folders, standing in for hub downloads."""
     root = tmp_path_factory.mktemp("hub")
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -44,11 +44,13 @@ def saved_backbones(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
                                          num_hidden_layers=1, num_attention_heads=2))
     llama.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
-    return {"clip": root / "clip", "llm": root / "llm"}
+    return {"clip": root / "clip", "llm": root / "llm", "llava": saved_llava}
 
 
 def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir: Path) -> list[str]:
     extra = [f"{group}={option}"]
+    if (group, option) == ("model", "llava_hf"):
+        extra.append(f"model.name_or_path={backbones['llava']}")
     if (group, option) == ("model/vision", "pretrained"):
         extra.append(f"model.vision.name_or_path={backbones['clip']}")
     if group == "model/llm" and option != "tiny_llama":

@@ -38,9 +38,9 @@ def _loss(module: LlavaModule) -> torch.Tensor:
     [
         (["stage=align"], {"projector"}),
         (["stage=finetune", "experiment=none"], {"projector", "llm"}),
-        (["stage=finetune"], {"vision", "projector", "llm"}),  # the demo also trains its random tower
+        (["stage=finetune", "stage.finetune.trains=[vision,projector,llm]"], {"vision", "projector", "llm"}),
     ],
-    ids=["align", "finetune", "demo-finetune"],
+    ids=["align", "finetune", "finetune-vision"],
 )
 def test_only_selected_parts_get_gradients(built, overrides, trained) -> None:
     model, (stage,) = built(*overrides)
@@ -63,7 +63,7 @@ def test_only_selected_parts_get_gradients(built, overrides, trained) -> None:
 def test_optimizer_groups_exclude_frozen_parts_and_decay_only_matrices(built) -> None:
     model, (stage,) = built("stage=align")
     LlavaModule(model, stage)
-    groups = parameter_groups([(p, getattr(model, p)) for p in PARTS], lr=1e-3, weight_decay=0.1)
+    groups = parameter_groups([(p, getattr(model, p), 1e-3) for p in PARTS], weight_decay=0.1)
     assert {group["name"] for group in groups} == {"projector", "projector/no_decay"}
     for group in groups:
         dims = {parameter.ndim for parameter in group["params"]}
