@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
+from llava_pl.lora import apply_lora
 from llava_pl.model.build import build_model
 from llava_pl.model.llava import LlavaModel
 
@@ -23,6 +24,14 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     template: Template
     image_transform: ImageTransform
+
+
+def load_trained_weights(model: LlavaModel, checkpoint: dict[str, Any]) -> None:
+    """Loads a llava_pl Lightning checkpoint's weights, wrapping the LLM in LoRA first if the stage did."""
+    lora = checkpoint["hyper_parameters"]["stage"].get("lora")
+    if lora:
+        apply_lora(model, lora)
+    model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
 
 
 def _is_hf_llava_folder(path: Path) -> bool:
@@ -50,7 +59,7 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
         }
         template = template or {"_target_": "llava_pl.data.templates.ChatTemplate"}
         image_aspect = "pad"
-        state_dict = None
+        checkpoint = None
     elif path.is_file():
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         recorded = checkpoint.get("hyper_parameters", {})
@@ -59,17 +68,11 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
         model_cfg = recorded["model"]
         template = template or recorded["stage"]["template"]
         image_aspect = recorded.get("image_aspect", "pad")
-        state_dict = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     else:
         raise FileNotFoundError(f"no checkpoint file or exported Llava folder at {path}")
     tokenizer = instantiate(model_cfg["llm"]["tokenizer"])
     model = build_model({**model_cfg, "projector_weights": None}, tokenizer)
-    if state_dict is not None:
-        lora = recorded["stage"].get("lora")
-        if lora:
-            from llava_pl.lora import apply_lora
-
-            apply_lora(model, lora)
-        model.load_state_dict(state_dict)
+    if checkpoint is not None:
+        load_trained_weights(model, checkpoint)
     model.eval()
     return LoadedModel(model, tokenizer, instantiate(template), ImageTransform(model.vision.image_processor, image_aspect))

@@ -7,6 +7,7 @@ processor.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -14,8 +15,9 @@ from omegaconf import OmegaConf
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerBase
 
 from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.lora import has_lora
 from llava_pl.model.llava import LlavaModel
-from llava_pl.model.projector import MLPProjector
+from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
 
 
 class ExportError(ValueError):
@@ -43,19 +45,16 @@ def _projector_state(model: LlavaModel) -> dict[str, torch.Tensor]:
             "LlavaForConditionalGeneration, whose projector is linear → GELU → linear; train with "
             "model/projector=mlp2x_gelu to export"
         )
-    return {
-        "model.multi_modal_projector.linear_1.weight": projector[0].weight,
-        "model.multi_modal_projector.linear_1.bias": projector[0].bias,
-        "model.multi_modal_projector.linear_2.weight": projector[2].weight,
-        "model.multi_modal_projector.linear_2.bias": projector[2].bias,
-    }
+    state = {}
+    for key, tensor in projector.state_dict().items():
+        index, name = key.split(".")
+        state[f"model.multi_modal_projector.{HF_LLAVA_LAYERS[index]}.{name}"] = tensor
+    return state
 
 
 def _merged_llm(model: LlavaModel) -> torch.nn.Module:
     llm = model.llm
-    if hasattr(llm, "merge_and_unload"):  # a peft model: fold the LoRA adapters into the weights
-        import copy
-
+    if has_lora(llm):  # fold the LoRA adapters into the weights, leaving the trained model as it was
         llm = copy.deepcopy(llm).merge_and_unload()
     return llm
 

@@ -46,15 +46,13 @@ class StageConfig:
     lora: dict[str, Any] | None
 
     def __post_init__(self) -> None:
-        unknown = [part for part in self.trains if part not in PARTS]
-        if unknown:
-            raise ValueError(f"stage {self.name}: trains has unknown part(s) {unknown}; choose from {list(PARTS)}")
+        for key, parts in (("trains", self.trains), ("part_lr", self.part_lr)):
+            unknown = [part for part in parts if part not in PARTS]
+            if unknown:
+                raise ValueError(f"stage {self.name}: {key} has unknown part(s) {unknown}; choose from {list(PARTS)}")
         for key in ("lr", "global_batch_size", "micro_batch_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"stage {self.name}: {key} must be positive, got {getattr(self, key)}")
-        unknown = [part for part in self.part_lr if part not in PARTS]
-        if unknown:
-            raise ValueError(f"stage {self.name}: part_lr has unknown part(s) {unknown}; choose from {list(PARTS)}")
         for part, value in self.part_lr.items():
             if value is not None and value <= 0:
                 raise ValueError(f"stage {self.name}: part_lr.{part} must be positive, got {value}")

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from llava_pl.checkpoint import load_trained_weights
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.images import ImageTransform
 from llava_pl.model.build import build_model
@@ -82,12 +83,6 @@ def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path)
         last = stage_checkpoint(run_dir, stage)
         plan.append((stage, str(last) if last.is_file() and not plan else None))
     return plan
-
-
-def load_stage_weights(model: LlavaModel, stage: StageConfig, checkpoint: Path) -> None:
-    """Puts the weights a completed stage ended with into ``model`` (its LoRA adapters included)."""
-    module = LlavaModule(model, stage)
-    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
 
 
 def fit_stage(
@@ -161,7 +156,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     completed = [stage for stage in stages if stage not in [planned for planned, _ in plan]]
     if completed:
         log.info(f"stages already complete in {run_dir}: {[stage.name for stage in completed]}")
-        load_stage_weights(model, completed[-1], stage_checkpoint(run_dir, completed[-1]))
+        final = stage_checkpoint(run_dir, completed[-1])
+        load_trained_weights(model, torch.load(final, map_location="cpu", weights_only=False))
     for stage, ckpt_path in plan:
         fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path)
     if not cfg.get("evaluation"):

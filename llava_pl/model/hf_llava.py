@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llava_pl.model.projector import MLPProjector
+from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -45,8 +45,9 @@ def projector_from_llava(vision_dim: int, llm_dim: int, name_or_path: str, dtype
     source = _load(name_or_path, dtype).model.multi_modal_projector
     projector = MLPProjector(vision_dim, llm_dim, depth=2).to(source.linear_1.weight.dtype)
     projector.load_state_dict({
-        "0.weight": source.linear_1.weight, "0.bias": source.linear_1.bias,
-        "2.weight": source.linear_2.weight, "2.bias": source.linear_2.bias,
+        f"{index}.{name}": tensor
+        for index, layer in HF_LLAVA_LAYERS.items()
+        for name, tensor in getattr(source, layer).state_dict().items()
     })
     return projector
 

@@ -12,6 +12,10 @@ class LinearProjector(nn.Linear):
         super().__init__(vision_dim, llm_dim)
 
 
+HF_LLAVA_LAYERS = {"0": "linear_1", "2": "linear_2"}
+"""``mlp2x_gelu``'s layer indices and their names in Hugging Face's ``LlavaMultiModalProjector``."""
+
+
 class MLPProjector(nn.Sequential):
     """``mlp{depth}x_gelu``: linear, then (GELU, linear) ``depth - 1`` times; LLaVA-1.5 uses depth 2."""
 
