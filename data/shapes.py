@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -26,8 +26,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
 }
 SIZES: tuple[str, ...] = ("small", "large")
-# Bounding-box side lengths in pixels for a 64 px image; scaled linearly with image_size.
-SIZE_RANGES: dict[str, tuple[int, int]] = {"small": (12, 16), "large": (20, 26)}
+# Each shape sits inside one cell of a 3x3 grid, and that cell names its position. Side lengths are
+# fractions of the cell's side, so a vision tower whose patch is one cell sees each shape whole in one patch.
+SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.5, 0.625), "large": (0.75, 0.875)}
 POSITION_GRID: tuple[tuple[str, str, str], ...] = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -58,6 +59,11 @@ DETAIL_INSTRUCTIONS: tuple[str, ...] = (
     "Describe every shape in this picture and where it is.",
     "What do you see in this image? Please describe it thoroughly.",
 )
+
+# Share of training images that get each kind of instruction record. Short questions carry the most signal
+# per token for a model that learns to see from scratch, so every image gets a conversation.
+INSTRUCT_MIX: dict[str, float] = {"conversation": 1.0, "detail": 0.25, "reasoning": 0.25}
+SHORT_ANSWER_SHARE = 0.7  # of conversation questions asked with the short-answer suffix
 
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample for anti-aliased edges
 
@@ -115,56 +121,38 @@ def position_name(cx: float, cy: float, image_size: int) -> str:
     return POSITION_GRID[row][col]
 
 
-def _coord_in_cell(
-    rng: random.Random, cell: int, side: int, image_size: int, border: int, inset: float
-) -> float | None:
-    lo = max(cell * image_size / 3 + inset, side / 2 + border)
-    hi = min((cell + 1) * image_size / 3 - inset, image_size - side / 2 - border)
-    if lo > hi:
-        return None
-    return rng.uniform(lo, hi)
-
-
-def _boxes_clash(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: int) -> bool:
-    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+def side_range(size: str, image_size: int) -> tuple[int, int]:
+    """Smallest and largest side in pixels of a shape of this size class."""
+    cell = image_size // 3
+    lo, hi = SIZE_RANGES[size]
+    return round(lo * cell), round(hi * cell)
 
 
 def _jitter(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)  # type: ignore[return-value]
 
 
+def _offset_in_cell(rng: random.Random, cell: int, side: int) -> int:
+    return min(cell - side - 1, max(1, (cell - side) // 2 + rng.randint(-1, 1)))
+
+
 def _sample_scene(rng: random.Random, image_size: int) -> Scene:
-    scale = image_size / 64
-    border = max(1, round(scale))
-    margin = max(2, round(2 * scale))
-    # Keeps shape centres away from the 3x3 grid lines so position names are unambiguous.
-    inset = 2 * scale
+    cell = image_size // 3
     background = tuple(rng.randint(225, 255) for _ in range(3))
-    while True:
-        n = rng.randint(1, 3)
-        kinds = rng.sample(KINDS, n)
-        colors = rng.sample(list(COLORS), n)
-        shapes: list[Shape] = []
-        for kind, color in zip(kinds, colors):
-            size = rng.choice(SIZES)
-            lo, hi = SIZE_RANGES[size]
-            side = rng.randint(round(lo * scale), round(hi * scale))
-            for _ in range(50):
-                # Choosing the cell first makes the nine position names roughly equally likely.
-                cx = _coord_in_cell(rng, rng.randrange(3), side, image_size, border, inset)
-                cy = _coord_in_cell(rng, rng.randrange(3), side, image_size, border, inset)
-                if cx is None or cy is None:
-                    continue
-                x1, y1 = round(cx - side / 2), round(cy - side / 2)
-                box = (x1, y1, x1 + side, y1 + side)
-                if not any(_boxes_clash(box, s.bbox, margin) for s in shapes):
-                    break
-            else:
-                break  # could not place this shape: resample the whole scene
-            pos = position_name((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, image_size)
-            shapes.append(Shape(kind, color, size, pos, box, _jitter(rng, COLORS[color], 12)))
-        else:
-            return Scene(background, tuple(shapes))  # type: ignore[arg-type]
+    n = rng.randint(1, 3)
+    kinds, colors, cells = rng.sample(KINDS, n), rng.sample(list(COLORS), n), rng.sample(range(9), n)
+    shapes: list[Shape] = []
+    for kind, color, index in zip(kinds, colors, cells):
+        size = rng.choice(SIZES)
+        side = rng.randint(*side_range(size, image_size))
+        row, col = divmod(index, 3)
+        # Centred in its cell give or take a pixel, with at least one background pixel to the cell's border so
+        # shapes never touch; a random tower then sees each kind as a nearly fixed pixel pattern.
+        x1 = col * cell + _offset_in_cell(rng, cell, side)
+        y1 = row * cell + _offset_in_cell(rng, cell, side)
+        box = (x1, y1, x1 + side, y1 + side)
+        shapes.append(Shape(kind, color, size, POSITIONS[index], box, _jitter(rng, COLORS[color], 12)))
+    return Scene(background, tuple(shapes))  # type: ignore[arg-type]
 
 
 def render_scene(scene: Scene, image_size: int) -> Image.Image:
@@ -299,7 +287,7 @@ def _conversation(rng: random.Random, shapes: tuple[Shape, ...]) -> list[dict]:
     turns: list[dict] = []
     while len(turns) < 2 * n_pairs:
         kind = rng.choice(("color", "shape", "count", "position", "exists"))
-        short = rng.random() < 0.5
+        short = rng.random() < SHORT_ANSWER_SHARE
         if kind == "color":
             q, a = color_qa(rng.choice(shapes), short)
         elif kind == "shape":
@@ -321,18 +309,24 @@ def _conversation(rng: random.Random, shapes: tuple[Shape, ...]) -> list[dict]:
     return turns
 
 
-def _relation(a: Shape, b: Shape, threshold: float) -> str | None:
-    """Clear spatial relation of a relative to b ('above and to the left of', ...), or None."""
-    vertical = "above" if a.cy + threshold <= b.cy else "below" if b.cy + threshold <= a.cy else ""
-    horizontal = (
-        "to the left of" if a.cx + threshold <= b.cx else "to the right of" if b.cx + threshold <= a.cx else ""
-    )
+def _row(s: Shape) -> int:
+    return POSITIONS.index(s.position) // 3
+
+
+def _col(s: Shape) -> int:
+    return POSITIONS.index(s.position) % 3
+
+
+def _relation(a: Shape, b: Shape) -> str:
+    """Spatial relation of a relative to b by grid cell ('above and to the left of', ...)."""
+    vertical = "above" if _row(a) < _row(b) else "below" if _row(a) > _row(b) else ""
+    horizontal = "to the left of" if _col(a) < _col(b) else "to the right of" if _col(a) > _col(b) else ""
     if vertical and horizontal:
         return f"{vertical} and {horizontal}"
-    return vertical or horizontal or None
+    return vertical or horizontal
 
 
-def _detail(shapes: tuple[Shape, ...], image_size: int) -> str:
+def _detail(shapes: tuple[Shape, ...]) -> str:
     n = len(shapes)
     ordered = sorted(shapes, key=lambda s: (s.cy, s.cx))
     if n == 1:
@@ -343,9 +337,7 @@ def _detail(shapes: tuple[Shape, ...], image_size: int) -> str:
         parts.append(f"There is {_a(s.full_name)} {where(s.position)}.")
     for i in range(n):
         for j in range(i + 1, n):
-            rel = _relation(ordered[i], ordered[j], image_size / 8)
-            if rel:
-                parts.append(f"The {ordered[i].name} is {rel} the {ordered[j].name}.")
+            parts.append(f"The {ordered[i].name} is {_relation(ordered[i], ordered[j])} the {ordered[j].name}.")
     if n == 1:
         parts.append(f"The {shapes[0].kind} is the only shape in the image.")
     elif len({s.size for s in shapes}) == 1:
@@ -360,47 +352,43 @@ def _detail(shapes: tuple[Shape, ...], image_size: int) -> str:
     return " ".join(parts)
 
 
-_EXTREMES = {
-    # direction: (question phrase, comparative phrase, sort key where smaller is more extreme)
-    "top": ("to the top of the image", "higher in the image than", lambda s: (s.cy, s.bbox[1])),
-    "bottom": ("to the bottom of the image", "lower in the image than", lambda s: (-s.cy, -s.bbox[3])),
-    "left": ("to the left side of the image", "further left than", lambda s: (s.cx, s.bbox[0])),
-    "right": ("to the right side of the image", "further right than", lambda s: (-s.cx, -s.bbox[2])),
+_EXTREMES: dict[str, tuple[str, str, Callable[[Shape], int]]] = {
+    # direction: (question phrase, comparative phrase, grid key where smaller is more extreme)
+    "top": ("to the top of the image", "higher in the image than", _row),
+    "bottom": ("to the bottom of the image", "lower in the image than", lambda s: -_row(s)),
+    "left": ("to the left side of the image", "further left than", _col),
+    "right": ("to the right side of the image", "further right than", lambda s: -_col(s)),
 }
 
 
-def _reason_extreme(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_extreme(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     if len(shapes) < 2:
         return None
     direction = rng.choice(list(_EXTREMES))
     phrase, comparative, key = _EXTREMES[direction]
     ordered = sorted(shapes, key=key)
-    best = key(ordered[0])
-    # Both the centre and the outer edge must agree, by a clear margin, on which shape is most extreme.
-    if any(key(s)[0] - best[0] < thr or key(s)[1] - best[1] < thr for s in ordered[1:]):
-        return None
+    if key(ordered[1]) == key(ordered[0]):
+        return None  # no single most extreme shape
     others = _join([f"the {s.name}" for s in ordered[1:]])
     q = f"Which shape is closest {phrase}?"
     a = f"The {ordered[0].name} is closest {phrase}. It is {where(ordered[0].position)}, {comparative} {others}."
     return q, a
 
 
-def _reason_pair_relation(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_pair_relation(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     if len(shapes) < 2:
         return None
     a, b = rng.sample(shapes, 2)
     axis = rng.choice(("horizontal", "vertical"))
     if axis == "horizontal":
-        col = {p: i for row in POSITION_GRID for i, p in enumerate(row)}
-        if col[a.position] == col[b.position] or abs(a.cx - b.cx) < thr:
+        if _col(a) == _col(b):
             return None
-        truth = "to the left of" if a.cx < b.cx else "to the right of"
+        truth = "to the left of" if _col(a) < _col(b) else "to the right of"
         asked = rng.choice(("to the left of", "to the right of"))
     else:
-        row = {p: i for i, r in enumerate(POSITION_GRID) for p in r}
-        if row[a.position] == row[b.position] or abs(a.cy - b.cy) < thr:
+        if _row(a) == _row(b):
             return None
-        truth = "above" if a.cy < b.cy else "below"
+        truth = "above" if _row(a) < _row(b) else "below"
         asked = rng.choice(("above", "below"))
     q = f"Is the {a.name} {asked} the {b.name}?"
     reason = (
@@ -410,7 +398,7 @@ def _reason_pair_relation(rng: random.Random, shapes: tuple[Shape, ...], thr: fl
     return q, ("Yes. " if asked == truth else "No. ") + reason
 
 
-def _reason_bigger(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_bigger(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     if len(shapes) < 2:
         return None
     a, b = rng.sample(shapes, 2)
@@ -429,7 +417,7 @@ def _reason_bigger(rng: random.Random, shapes: tuple[Shape, ...], thr: float) ->
     return q, ans
 
 
-def _reason_same_size(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_same_size(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     n = len(shapes)
     if n < 2:
         return None
@@ -444,7 +432,7 @@ def _reason_same_size(rng: random.Random, shapes: tuple[Shape, ...], thr: float)
     )
 
 
-def _reason_more_than_one(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_more_than_one(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     q = "Is there more than one shape in the image?"
     if len(shapes) == 1:
         s = shapes[0]
@@ -453,16 +441,16 @@ def _reason_more_than_one(rng: random.Random, shapes: tuple[Shape, ...], thr: fl
     return q, f"Yes. There are {NUMBER_WORDS[len(shapes)]} shapes: {items}."
 
 
-def _reason_half(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> tuple[str, str] | None:
+def _reason_half(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str] | None:
     s = rng.choice(shapes)
     if rng.random() < 0.5:
-        idx = POSITIONS.index(s.position) // 3
+        idx = _row(s)
         if idx == 1:
             return None
         q = f"Is the {s.name} closer to the top or the bottom of the image?"
         side = "top" if idx == 0 else "bottom"
     else:
-        idx = POSITIONS.index(s.position) % 3
+        idx = _col(s)
         if idx == 1:
             return None
         q = f"Is the {s.name} closer to the left or the right side of the image?"
@@ -470,7 +458,7 @@ def _reason_half(rng: random.Random, shapes: tuple[Shape, ...], thr: float) -> t
     return q, f"The {s.name} is closer to the {side} of the image, since it is {where(s.position)}."
 
 
-_REASONERS: tuple[Callable[[random.Random, tuple[Shape, ...], float], tuple[str, str] | None], ...] = (
+_REASONERS: tuple[Callable[[random.Random, tuple[Shape, ...]], tuple[str, str] | None], ...] = (
     _reason_extreme,
     _reason_pair_relation,
     _reason_bigger,
@@ -480,25 +468,28 @@ _REASONERS: tuple[Callable[[random.Random, tuple[Shape, ...], float], tuple[str,
 )
 
 
-def _reasoning(rng: random.Random, shapes: tuple[Shape, ...], image_size: int) -> tuple[str, str]:
+def _reasoning(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str]:
     while True:
-        qa = rng.choice(_REASONERS)(rng, shapes, image_size / 8)
+        qa = rng.choice(_REASONERS)(rng, shapes)
         if qa is not None:
             return qa
 
 
 def _instruct_records(
-    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...], image_size: int
+    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]
 ) -> list[dict]:
     def single(q: str, a: str) -> list[dict]:
         return [{"from": "human", "value": _with_image(rng, q)}, {"from": "gpt", "value": a}]
 
-    conv = _conversation(rng, shapes)
-    detail = single(rng.choice(DETAIL_INSTRUCTIONS), _detail(shapes, image_size))
-    reasoning = single(*_reasoning(rng, shapes, image_size))
+    makers = {
+        "conversation": lambda: _conversation(rng, shapes),
+        "detail": lambda: single(rng.choice(DETAIL_INSTRUCTIONS), _detail(shapes)),
+        "reasoning": lambda: single(*_reasoning(rng, shapes)),
+    }
     return [
-        {"id": stem, "type": t, "image": rel, "conversations": c}
-        for t, c in (("conversation", conv), ("detail", detail), ("reasoning", reasoning))
+        {"id": stem, "type": kind, "image": rel, "conversations": make()}
+        for kind, make in makers.items()
+        if rng.random() < INSTRUCT_MIX[kind]
     ]
 
 
@@ -544,14 +535,14 @@ def _corpus_lines(texts: Iterable[str]) -> list[str]:
 def generate_shapes_dataset(
     out_dir: str | os.PathLike,
     seed: int = 0,
-    n_train: int = 4000,
+    n_train: int = 8000,
     n_val: int = 200,
     n_test: int = 300,
-    image_size: int = 64,
+    image_size: int = 48,
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir."""
-    if image_size < 32:
-        raise ValueError("image_size must be at least 32")
+    if image_size < 24 or image_size % 3:
+        raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if any(n < 0 for n in counts.values()):
         raise ValueError("split sizes must be non-negative")
@@ -586,7 +577,7 @@ def generate_shapes_dataset(
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
                 captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
-                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes, image_size))
+                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes))
             else:
                 questions.extend(_test_questions(text_rng, stem, rel, scene.shapes))
         _write_json(out / f"meta_{split}.json", meta)
@@ -619,10 +610,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--n-train", type=int, default=8000)
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=300)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=48)
     args = parser.parse_args(argv)
     path = generate_shapes_dataset(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.image_size)
     print(path)

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
 from llava_pl.lora import apply_lora
-from llava_pl.model.build import build_model
+from llava_pl.model.build import build_empty_model, build_model, materialize
 from llava_pl.model.llava import LlavaModel
 
 
@@ -32,6 +32,16 @@ def load_trained_weights(model: LlavaModel, checkpoint: dict[str, Any]) -> None:
     if lora:
         apply_lora(model, lora)
     model.load_state_dict({key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()})
+
+
+def model_from_checkpoint(
+    model_cfg: Any, tokenizer: PreTrainedTokenizerBase, checkpoint: dict[str, Any]
+) -> LlavaModel:
+    """The model of a llava_pl checkpoint, built empty and then given the checkpoint's weights: the pretrained
+    weights its config names are never read (a checkpoint holds every weight of the model)."""
+    model = materialize(build_empty_model(model_cfg, tokenizer))
+    load_trained_weights(model, checkpoint)
+    return model
 
 
 def _is_hf_llava_folder(path: Path) -> bool:
@@ -71,8 +81,9 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
     else:
         raise FileNotFoundError(f"no checkpoint file or exported Llava folder at {path}")
     tokenizer = instantiate(model_cfg["llm"]["tokenizer"])
-    model = build_model({**model_cfg, "projector_weights": None}, tokenizer)
-    if checkpoint is not None:
-        load_trained_weights(model, checkpoint)
+    if checkpoint is None:
+        model = build_model({**model_cfg, "projector_weights": None}, tokenizer)
+    else:
+        model = model_from_checkpoint(model_cfg, tokenizer, checkpoint)
     model.eval()
     return LoadedModel(model, tokenizer, instantiate(template), ImageTransform(model.vision.image_processor, image_aspect))

@@ -15,13 +15,29 @@ from omegaconf import OmegaConf
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerBase
 
 from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.fault.atomic import atomic_path
 from llava_pl.lora import has_lora
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
+from llava_pl.model.vision import VisionEncoder
 
 
 class ExportError(ValueError):
     """The model has a part that ``LlavaForConditionalGeneration`` cannot hold."""
+
+
+def _check_backbones(model: LlavaModel) -> None:
+    if not isinstance(model.vision, VisionEncoder):
+        raise ExportError(
+            f"the vision encoder {type(model.vision).__name__} fuses several towers; LlavaForConditionalGeneration "
+            "holds one vision tower"
+        )
+    softcapping = getattr(model.llm.config, "final_logit_softcapping", None)
+    if softcapping:
+        raise ExportError(
+            f"{type(model.llm).__name__} caps its logits (final_logit_softcapping={softcapping}) but "
+            "LlavaForConditionalGeneration computes logits without the cap, so the export would answer differently"
+        )
 
 
 def feature_select_strategy(model: LlavaModel) -> str:
@@ -75,6 +91,7 @@ def to_hf_llava(
     model: LlavaModel, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Builds a ``LlavaForConditionalGeneration`` (and its processor) holding exactly this model's weights."""
+    _check_backbones(model)
     strategy = feature_select_strategy(model)
     projector = _projector_state(model)
     llm = _merged_llm(model)
@@ -113,10 +130,12 @@ def to_hf_llava(
 
 
 def export(model: LlavaModel, tokenizer: PreTrainedTokenizerBase, out: str | Path) -> Path:
+    """Writes the folder atomically: ``out`` holds either the previous export or the complete new one."""
     hf_model, processor = to_hf_llava(model, tokenizer)
     out = Path(out)
-    hf_model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with atomic_path(out) as partial:
+        hf_model.save_pretrained(partial)
+        processor.save_pretrained(partial)
     return out
 
 

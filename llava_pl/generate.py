@@ -51,19 +51,21 @@ class Answerer:
         self.collator = LlavaCollator(tokenizer.pad_token_id, padding_side="left")
         self.stop_id = tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
 
-    def __call__(self, questions: Sequence[str], images: Sequence[torch.Tensor]) -> list[str]:
-        """``images[i]`` is the ``(C, H, W)`` pixel tensor for ``questions[i]``."""
+    def __call__(self, questions: Sequence[str], images: Sequence[torch.Tensor | None]) -> list[str]:
+        """``images[i]`` is the ``(C, H, W)`` pixel tensor for ``questions[i]``, or ``None`` for a text-only
+        question (its prompt then has no image)."""
         answers: list[str] = []
         for start in range(0, len(questions), self.batch_size):
+            chunk = list(zip(questions[start : start + self.batch_size], images[start : start + self.batch_size]))
+            shape = next((image.shape for _, image in chunk if image is not None), (3, 1, 1))
             items = [
                 {
                     "id": str(start + offset),
-                    "input_ids": prompt_ids(question, self.template, self.tokenizer, self.model.tokens_per_image),
-                    "pixel_values": image.unsqueeze(0),
+                    "input_ids": prompt_ids(question, self.template, self.tokenizer, self.model.tokens_per_image,
+                                            with_image=image is not None),
+                    "pixel_values": image.unsqueeze(0) if image is not None else torch.zeros(0, *shape),
                 }
-                for offset, (question, image) in enumerate(
-                    zip(questions[start : start + self.batch_size], images[start : start + self.batch_size])
-                )
+                for offset, (question, image) in enumerate(chunk)
             ]
             answers += self._generate(self.collator(items))
         return answers

@@ -1,10 +1,15 @@
-"""Logger factories: every logger config is called with ``version=<stage name>``."""
+"""Logger factories (every logger config is called with ``version=<stage name>``) and what every logger
+records about the run besides its metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from llava_pl.provenance import git_state
 
 
 class _StageWandbLogger(WandbLogger):
@@ -41,3 +46,14 @@ def wandb_logger(
         save_dir=save_dir,
         **kwargs,
     )
+
+
+def log_run_config(loggers: Sequence[Logger], cfg: DictConfig) -> None:
+    """The resolved Hydra config (``config``) and the code's git commit (``git``: ``commit``, ``dirty``) as
+    every logger's hyperparameters: the wandb run's config, the CSV logger's ``hparams.yaml``, TensorBoard's
+    hparams."""
+    if not loggers:
+        return
+    params = {"config": OmegaConf.to_container(cfg, resolve=True), "git": git_state()}
+    for logger in loggers:
+        logger.log_hyperparams(params)

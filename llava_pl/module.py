@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from transformers import get_cosine_schedule_with_warmup
 
 from llava_pl.lora import apply_lora, has_lora
@@ -70,9 +69,6 @@ class LlavaModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["rng_state"]["torch"])
-
-    def on_fit_start(self) -> None:
-        rank_zero_info(f"stage {self.stage.name}\n{self.parameter_table}")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.model(

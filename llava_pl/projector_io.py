@@ -7,14 +7,17 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llava_pl.fault.atomic import atomic_path
+
 PROJECTOR_FILE = "projector.safetensors"
 
 
 def save_projector(projector: nn.Module, path: str | Path) -> Path:
+    """Writes atomically: the file is also the stage's completion marker (see ``train.stage_is_complete``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in projector.state_dict().items()}
-    save_file(state, str(path))
+    with atomic_path(path) as partial:
+        save_file(state, str(partial))
     return path
 
 

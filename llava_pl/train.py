@@ -15,15 +15,26 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from llava_pl.checkpoint import load_trained_weights
+from llava_pl.callbacks.monitor import monitor_callbacks
+from llava_pl.checkpoint import model_from_checkpoint
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.images import ImageTransform
+from llava_pl.eval.callback import eval_callbacks
+from llava_pl.fault.atomic import remove_partial_files
+from llava_pl.fault.callbacks import fault_callbacks
+from llava_pl.fault.checkpoint_io import AtomicCheckpointIO
+from llava_pl.fault.config import FaultConfig
+from llava_pl.fault.memory import explain_out_of_memory
+from llava_pl.fault.preemption import StopRequest, stop_signals
+from llava_pl.loggers import log_run_config
 from llava_pl.model.build import build_model
 from llava_pl.model.llava import LlavaModel
 from llava_pl.module import LlavaModule
 from llava_pl.projector_io import PROJECTOR_FILE, save_projector
+from llava_pl.provenance import record_run
 from llava_pl.resolvers import register_resolvers
 from llava_pl.stage import StageConfig
+from llava_pl.validate import validate_config
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -51,7 +62,8 @@ def selected_stages(cfg: DictConfig) -> list[StageConfig]:
 
 
 def build_loggers(logger_cfg: DictConfig | None, version: str) -> list[Logger]:
-    return [instantiate(entry, version=version) for entry in (logger_cfg or {}).values() if entry]
+    # a scalar entry is a setting the group shares (wandb's `logger.mode`), not a logger
+    return [instantiate(entry, version=version) for entry in (logger_cfg or {}).values() if OmegaConf.is_dict(entry)]
 
 
 def stage_checkpoint(run_dir: Path, stage: StageConfig) -> Path:
@@ -109,11 +121,19 @@ def fit_stage(
     module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect)
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", **cfg.checkpoint)
     extra_callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    extra_callbacks += eval_callbacks(cfg, tokenizer, instantiate(stage.template),
+                                      ImageTransform(model.vision.image_processor, cfg.data.image_aspect),
+                                      run_dir / stage.name / "eval")
+    extra_callbacks += fault_callbacks(FaultConfig.from_cfg(cfg), stage_checkpoint(run_dir, stage))
+    loggers = build_loggers(cfg.get("logger"), stage.name)
+    log_run_config(loggers, cfg)
+    monitors = monitor_callbacks(cfg.get("monitor"), progress_bar=cfg.trainer.get("enable_progress_bar", True))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         strategy=instantiate(cfg.strategy),
-        logger=build_loggers(cfg.get("logger"), stage.name) or False,
-        callbacks=[*extra_callbacks, checkpoint],
+        logger=loggers or False,
+        callbacks=[*monitors, *extra_callbacks, checkpoint],
+        plugins=[AtomicCheckpointIO()],  # every checkpoint, last.ckpt included, appears only once complete
         default_root_dir=str(stage_dir),
         max_epochs=stage.epochs,
         max_steps=stage.max_steps,
@@ -121,7 +141,10 @@ def fit_stage(
         **({"val_check_interval": stage.val_check_interval} if stage.val_check_interval else {}),
     )
     trainer.accumulate_grad_batches = stage.accumulation(trainer.world_size)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        remove_partial_files(stage_dir / "checkpoints")  # leftovers of saves killed part-way
+    with explain_out_of_memory(stage, trainer):
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     trainer.save_checkpoint(stage_checkpoint(run_dir, stage))
     if trainer.is_global_zero:
         save_projector(model.projector, stage_dir / PROJECTOR_FILE)
@@ -135,36 +158,59 @@ def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerB
     transform = ImageTransform(model.vision.image_processor, cfg.data.image_aspect)
     results = evaluation(model, tokenizer, template, transform, run_dir)
     metrics = {f"eval/{kind}/{key}": value for kind, row in results.items() for key, value in row.items()}
-    for logger in build_loggers(cfg.get("logger"), "eval"):
+    loggers = build_loggers(cfg.get("logger"), "eval")
+    log_run_config(loggers, cfg)
+    for logger in loggers:
         logger.log_metrics(metrics, step=0)
         logger.finalize("success")
     return results
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Runs every selected stage on one model, then its evaluation; returns the evaluation results."""
+    """Runs every selected stage on one model, then its evaluation; returns the evaluation results.
+
+    The config is checked before anything is built. SIGTERM/SIGUSR1 stop the run gracefully: a checkpoint
+    at the next step boundary, then ``TrainingPreempted`` (exit status ``faults.requeue_exit_code``).
+    """
     stages = selected_stages(cfg)
+    faults = validate_config(cfg, stages)
+    with stop_signals(faults) as stop:
+        return train_and_evaluate(cfg, stages, stop)
+
+
+def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopRequest) -> dict[str, Any]:
+    """The body of ``run``: ``stop`` is checked between stages (within a stage ``GracefulStop`` acts)."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     for step in cfg.data.get("prepare") or []:
         instantiate(step)
+    record_run(cfg, run_dir)
     tokenizer = instantiate(cfg.model.llm.tokenizer)
-    model = build_model(cfg.model, tokenizer)
     plan = resume_plan(cfg.get("ckpt_path"), stages, run_dir)
     completed = [stage for stage in stages if stage not in [planned for planned, _ in plan]]
     if completed:
         log.info(f"stages already complete in {run_dir}: {[stage.name for stage in completed]}")
         final = stage_checkpoint(run_dir, completed[-1])
-        load_trained_weights(model, torch.load(final, map_location="cpu", weights_only=False))
+        model = model_from_checkpoint(cfg.model, tokenizer, torch.load(final, map_location="cpu", weights_only=False))
+    else:
+        model = build_model(cfg.model, tokenizer)
     for stage, ckpt_path in plan:
+        stop.raise_if_requested()
         fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path)
-    if not cfg.get("evaluation"):
-        return {}
-    results = evaluate(cfg, model, tokenizer, run_dir) or {}
+    stop.raise_if_requested()
+    results = (evaluate(cfg, model, tokenizer, run_dir) or {}) if cfg.get("evaluation") else {}
     if results:
         from llava_pl.eval.shapes import format_table
 
         print(format_table(results))
+    draw_report(cfg)
     return results
+
+
+@rank_zero_only
+def draw_report(cfg: DictConfig) -> None:
+    """``report.png`` from what the run wrote (``report=none``: none)."""
+    if cfg.get("report"):
+        instantiate(cfg.report)()

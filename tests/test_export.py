@@ -105,7 +105,8 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
     run(cfg)
     checkpoint = Path(cfg.run_dir) / "finetune" / "checkpoints" / "last.ckpt"
     loaded = load_for_inference(checkpoint)
-    assert loaded.model.tokens_per_image == 64
+    tower = cfg.model.vision.config
+    assert loaded.model.tokens_per_image == (tower.image_size // tower.patch_size) ** 2
 
     exported = tmp_path / "exported"
     result = subprocess.run([sys.executable, "-m", "llava_pl.export", f"ckpt={checkpoint}", f"out={exported}"],
@@ -124,7 +125,8 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
             cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300,
         )
         assert single.returncode == 0, single.stderr[-2000:]
-        assert single.stdout.strip(), "no answer printed"
+        # One answer line (a barely trained model may answer with an empty string).
+        assert single.stdout.count("\n") == 1, single.stdout
         out = tmp_path / f"answers_{model_path.name}.json"
         batch = subprocess.run(
             [sys.executable, "-m", "llava_pl.predict", f"model={model_path}", f"questions={questions}",

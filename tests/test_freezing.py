@@ -28,8 +28,9 @@ def _loss(module: LlavaModule) -> torch.Tensor:
     n = module.model.tokens_per_image
     input_ids = torch.tensor([[4, *[IMAGE_TOKEN_ID] * n, 5, 6, 7]])
     labels = torch.tensor([[-100] * (n + 1) + [5, 6, 7]])
+    size = module.model.vision.tower.config.image_size
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
-             "pixel_values": torch.randn(1, 3, 64, 64), "images_per_sample": torch.tensor([1])}
+             "pixel_values": torch.randn(1, 3, size, size), "images_per_sample": torch.tensor([1])}
     return module(batch)["loss"]
 
 

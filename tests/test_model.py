@@ -79,7 +79,8 @@ def test_llava_forward_with_mixed_batch(compose_config) -> None:
     assert model.projector[-1].out_features == model.llm.config.hidden_size
     n = model.tokens_per_image
     input_ids = torch.tensor([[5, *[IMAGE_TOKEN_ID] * n, 6], [7, 8, *[0] * n]])
-    pixels = torch.randn(1, 3, 64, 64)
+    size = model.vision.tower.config.image_size
+    pixels = torch.randn(1, 3, size, size)
     out = model(input_ids, torch.ones_like(input_ids), pixels, torch.tensor([1, 0]), labels=input_ids.clamp(min=0))
     assert out["logits"].shape == (2, n + 2, len(tokenizer)) and torch.isfinite(out["loss"])
     with pytest.raises(ImageCountError, match="no images"):

@@ -6,10 +6,12 @@ each piece flagged as supervised or not, so labels are right by construction wha
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from llava_pl.constants import IMAGE_PLACEHOLDER
@@ -107,9 +109,16 @@ class VicunaTemplate(_EndOfTurn):
 class ChatTemplate(_EndOfTurn):
     """The tokenizer's own Jinja chat template, so any LLM that ships one works without new code.
 
-    The conversation is rendered one message more at a time; each step's new text is one segment.
-    An assistant segment is supervised up to and including the end-of-turn token; whatever the
-    template puts after it (often a newline) is not.
+    The whole conversation is rendered once; each message's segment ends where the rendering of the
+    conversation up to that message stops agreeing with it. A template may close a conversation with special
+    tokens that later turns replace (Phi-3 appends its eos token unless a generation prompt follows): such a
+    closing belongs to a message's segment only where the whole conversation has it, and a segment never ends
+    inside a special token. Any other difference (a template that rewrites earlier text when more messages
+    follow) is refused, since turns could not be masked exactly.
+
+    An assistant segment is supervised up to and including the end-of-turn token; whatever the template puts
+    after it (often a newline) is not. A template's own refusals (Gemma's "System role not supported",
+    Mistral's alternation check) are raised as ``ValueError`` with the template's message.
 
     Args:
         end_of_turn: the token that closes an assistant turn; default the tokenizer's eos token.
@@ -125,18 +134,22 @@ class ChatTemplate(_EndOfTurn):
             raise ValueError(f"{type(tokenizer).__name__} has no chat_template: choose another template")
         end = self.stop_token(tokenizer)
         chat = [{"role": m.role, "content": m.content} for m in messages]
+        full = _render(tokenizer, chat, add_generation_prompt)
+        specials = _special_tokens(tokenizer)
         segments: list[Segment] = []
-        rendered = ""
+        start = 0
         for count in range(1, len(chat) + 1):
-            next_is_assistant = count < len(chat) and chat[count]["role"] == "assistant"
-            cue = next_is_assistant or (count == len(chat) and add_generation_prompt)
-            text = tokenizer.apply_chat_template(chat[:count], tokenize=False, add_generation_prompt=cue)
-            if not text.startswith(rendered):
+            if count == len(chat):
+                stop = len(full)
+            else:
+                cue = chat[count]["role"] == "assistant"
+                stop = _agreeing_length(_render(tokenizer, chat[:count], cue), full, specials)
+            if stop < start:
                 raise ValueError(
-                    "the tokenizer's chat template is not prefix-stable (rendering one more message changes "
-                    f"earlier text), so turns cannot be masked exactly; use another template. Before: {rendered!r}"
+                    "the tokenizer's chat template is not prefix-stable (rendering more messages changes "
+                    f"earlier text), so turns cannot be masked exactly; use another template. Before: {full[:start]!r}"
                 )
-            new_text, rendered = text[len(rendered) :], text
+            new_text, start = full[start:stop], stop
             if chat[count - 1]["role"] != "assistant":
                 segments.append(Segment(new_text, False))
                 continue
@@ -146,3 +159,43 @@ class ChatTemplate(_EndOfTurn):
             if new_text[cut:]:
                 segments.append(Segment(new_text[cut:], False))
         return segments
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, chat: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as error:
+        raise ValueError(f"the tokenizer's chat template refuses the conversation: {error}") from error
+
+
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    # Chat-control tokens such as Phi-3's <|user|> are often added tokens flagged special, not named ones.
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    named = getattr(tokenizer, "all_special_tokens", [])
+    return sorted({*named, *(token.content for token in added if token.special)} - {""}, key=len, reverse=True)
+
+
+def _agreeing_length(partial: str, full: str, specials: Sequence[str]) -> int:
+    """How much of ``partial`` (a rendering of the first messages) is the start of ``full``.
+
+    What follows in ``partial`` may only be special tokens and whitespace that the template closes a
+    conversation with; the agreeing part is shortened so that it never ends inside a special token of ``full``.
+    """
+    length = len(os.path.commonprefix([partial, full]))
+    moved = True
+    while moved:
+        moved = False
+        for token in specials:
+            at = full.find(token, max(0, length - len(token) + 1), length + len(token))
+            if 0 <= at < length < at + len(token):
+                length, moved = at, True
+    tail = partial[length:]
+    for token in specials:  # longest first
+        tail = tail.replace(token, "")
+    if tail.strip():
+        raise ValueError(
+            "the tokenizer's chat template is not prefix-stable (rendering more messages changes earlier text), "
+            f"so turns cannot be masked exactly; use another template. After {full[:length][-60:]!r} the first "
+            f"messages alone continue with {partial[length:][:60]!r}, the conversation with {full[length:][:60]!r}"
+        )
+    return length

@@ -1,50 +1,33 @@
-"""The demo's held-out evaluation: exact-match accuracy per question type, with and without the image."""
+"""The demo's end-of-training evaluation: the ``shapes`` task through the task runner, reported as a table of
+accuracy per question type with the image, with a blank image, and by chance."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from llava_pl.data.dataset import read_records
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
-from llava_pl.generate import Answerer
+from llava_pl.eval.predictions import PREDICTIONS_FILE
+from llava_pl.eval.runner import Runner
+from llava_pl.eval.task import Metrics, read_json_records
+from llava_pl.eval.tasks.shapes import BLANK_SUFFIX, ShapesTask
 from llava_pl.model.llava import LlavaModel
 
-
-def normalize_answer(text: str) -> str:
-    return text.strip().lower().rstrip(".").strip()
+TASK_NAME = "shapes"
 
 
-def chance_level(answers: list[str]) -> float:
-    """What a blind guesser scores by always giving the most frequent answer of the question type."""
-    return Counter(answers).most_common(1)[0][1] / len(answers)
-
-
-def score(records: list[dict[str, Any]], predictions: list[str], blank_predictions: list[str]) -> dict[str, dict]:
-    """Per question type: accuracy, accuracy with the image blanked, chance level and count."""
-    by_type: dict[str, list[int]] = defaultdict(list)
-    for index, record in enumerate(records):
-        by_type[record["type"]].append(index)
-    results = {}
-    for kind, indices in sorted(by_type.items()):
-        truth = [normalize_answer(records[i]["answer"]) for i in indices]
-
-        def accuracy(answers: list[str]) -> float:
-            return sum(normalize_answer(answers[i]) == t for i, t in zip(indices, truth)) / len(indices)
-
-        results[kind] = {
-            "accuracy": accuracy(predictions),
-            "blank_accuracy": accuracy(blank_predictions),
-            "chance": chance_level(truth),
-            "n": len(indices),
-        }
-    return results
+def per_type(metrics: Metrics) -> dict[str, dict]:
+    """``{"color/accuracy": …, …}`` → ``{"color": {"accuracy": …, "blank_accuracy": …, "chance": …, "n": …}}``
+    (the layout of ``shapes_eval.json``)."""
+    table: dict[str, dict] = defaultdict(dict)
+    for name, value in metrics.items():
+        kind, metric = name.rsplit("/", 1)
+        table[kind][metric] = int(value) if metric == "n" else value
+    return dict(table)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -58,6 +41,9 @@ def format_table(results: dict[str, dict]) -> str:
 
 class ShapesEvaluation:
     """Answers the held-out shapes questions twice — with each image and with a blank one — and scores both.
+
+    Writes ``shapes_eval.json`` (the table) and ``shapes_predictions.jsonl`` (each question with its
+    ``prediction`` and ``blank_prediction``) to the run folder, beside the runner's ``shapes/`` folder.
 
     Args:
         questions: JSON Lines with ``question_id``, ``image``, ``text``, ``answer`` and ``type``.
@@ -74,10 +60,8 @@ class ShapesEvaluation:
         limit: int | None = None,
         output_name: str = "shapes_eval.json",
     ) -> None:
-        self.questions = questions
-        self.image_folder = Path(image_folder)
+        self.task = ShapesTask(questions, image_folder, blank_control=True, max_new_tokens=max_new_tokens)
         self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
         self.limit = limit
         self.output_name = output_name
 
@@ -89,23 +73,17 @@ class ShapesEvaluation:
         image_transform: ImageTransform,
         run_dir: str | Path,
     ) -> dict[str, dict]:
-        records = read_records(self.questions)[: self.limit]
-        answer = Answerer(model, tokenizer, template, self.max_new_tokens, self.batch_size)
-        questions = [record["text"] for record in records]
-        images = [self._load(record["image"], image_transform) for record in records]
-        blank = image_transform.blank()
-        predictions = answer(questions, images)
-        blank_predictions = answer(questions, [blank] * len(records))
-        results = score(records, predictions, blank_predictions)
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # answers of an earlier evaluation in this folder may come from other weights: start afresh
+        (run_dir / TASK_NAME / PREDICTIONS_FILE).unlink(missing_ok=True)
+        runner = Runner(model, tokenizer, template, image_transform, batch_size=self.batch_size)
+        result = runner.run(TASK_NAME, self.task, run_dir, limit=self.limit)
+        results = per_type(result.metrics)
         (run_dir / self.output_name).write_text(json.dumps(results, indent=2) + "\n")
         with (run_dir / "shapes_predictions.jsonl").open("w") as file:
-            for record, prediction, blank_prediction in zip(records, predictions, blank_predictions):
-                row = {**record, "prediction": prediction, "blank_prediction": blank_prediction}
+            for record in read_json_records(self.task.questions)[: self.limit]:
+                key = str(record["question_id"])
+                row = {**record, "prediction": result.answers.get(key, ""),
+                       "blank_prediction": result.answers.get(key + BLANK_SUFFIX, "")}
                 file.write(json.dumps(row) + "\n")
         return results
-
-    def _load(self, relative: str, image_transform: ImageTransform):
-        with Image.open(self.image_folder / relative) as image:
-            return image_transform(image)

@@ -1,14 +1,28 @@
-"""Building a ``LlavaModel`` from the ``model`` config (vision, projector and LLM sub-configs)."""
+"""Building a ``LlavaModel`` from the ``model`` config (vision, projector and LLM sub-configs), with its weights
+or as an empty architecture on the meta device."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
+import torch
 from hydra.utils import instantiate
-from transformers import PreTrainedTokenizerBase
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llava_pl.model.architecture import architecture_only, is_architecture_only
 from llava_pl.model.llava import LlavaModel
 from llava_pl.projector_io import load_projector
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _assemble(model_cfg: Any, tokenizer: PreTrainedTokenizerBase | None) -> LlavaModel:
+    vision = instantiate(model_cfg["vision"])
+    llm = instantiate(model_cfg["llm"]["model"], tokenizer=tokenizer)
+    with torch.device("meta") if is_architecture_only() else nullcontext():  # the projector is built here
+        return LlavaModel(vision, instantiate(model_cfg["projector"]), llm, model_cfg["llm"].get("block_class"))
 
 
 def build_model(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> LlavaModel:
@@ -17,9 +31,41 @@ def build_model(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> LlavaMode
     ``model_cfg.projector_weights`` (a file or an align run's stage folder) replaces the projector's
     initial weights — the hand-off from the align stage to the finetune stage.
     """
-    vision = instantiate(model_cfg["vision"])
-    llm = instantiate(model_cfg["llm"]["model"], tokenizer=tokenizer)
-    model = LlavaModel(vision, instantiate(model_cfg["projector"]), llm)
+    model = _assemble(model_cfg, tokenizer)
     if model_cfg.get("projector_weights"):
         load_projector(model.projector, model_cfg["projector_weights"])
+    return model
+
+
+def build_empty_model(model_cfg: Any, tokenizer: PreTrainedTokenizerBase | None = None) -> LlavaModel:
+    """The model's architecture on the meta device: every parameter and buffer is a meta tensor, no weights
+    are read and no memory is allocated.
+
+    Pretrained parts read only their configs (the package's carried copy for the presets' hub ids, see
+    ``llava_pl.presets``), so a 13B preset builds in a fraction of a second without downloads. The tokenizer
+    is needed only by parts sized to it (``causal_lm_from_config``); ``projector_weights`` is not loaded.
+    A sharded strategy shards this model and then ``materialize``s it; a checkpoint's weights go into it after
+    ``materialize`` too, so pretrained weights are never read only to be overwritten.
+    """
+    with architecture_only():
+        return _assemble(model_cfg, tokenizer)
+
+
+def materialize(model: ModuleT, device: torch.device | str = "cpu") -> ModuleT:
+    """Allocates an empty (meta-device) model on ``device`` and initialises it as its constructors would.
+
+    Hugging Face parts run their own initialisation, which also recomputes the buffers no checkpoint holds
+    (rotary frequencies, position ids), and re-tie their embeddings; other modules are ``reset_parameters``.
+    """
+    model.to_empty(device=device)
+    inside_hf: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and id(module) not in inside_hf:
+            module.initialize_weights()
+            module.tie_weights()
+            inside_hf.update(id(child) for child in module.modules())
+    with torch.no_grad():
+        for module in model.modules():
+            if id(module) not in inside_hf and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     return model

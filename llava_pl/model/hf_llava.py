@@ -1,15 +1,18 @@
 """Import of a Hugging Face ``LlavaForConditionalGeneration`` folder (e.g. llava-1.5-7b-hf) as llava_pl parts.
 
-Each part's factory takes the folder; the checkpoint is loaded once and shared by the three factories.
+Each part's factory takes the folder; the checkpoint is loaded once and shared by the three factories. Inside
+``architecture_only()`` the parts are built empty, on the meta device, from the folder's config.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
     LlavaForConditionalGeneration,
@@ -17,12 +20,20 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from llava_pl.model.architecture import config_source, is_architecture_only
 from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
 from llava_pl.model.vision import VisionEncoder
 
 
-@lru_cache(maxsize=1)
 def _load(name_or_path: str, dtype: str | None) -> LlavaForConditionalGeneration:
+    return _load_cached(name_or_path, dtype, is_architecture_only())
+
+
+@lru_cache(maxsize=1)
+def _load_cached(name_or_path: str, dtype: str | None, empty: bool) -> LlavaForConditionalGeneration:
+    if empty:
+        with torch.device("meta"):
+            return LlavaForConditionalGeneration(AutoConfig.from_pretrained(config_source(name_or_path)))
     return LlavaForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
 
 
@@ -55,7 +66,8 @@ def projector_from_llava(vision_dim: int, llm_dim: int, name_or_path: str, dtype
 def llm_from_llava(name_or_path: str, tokenizer: PreTrainedTokenizerBase, dtype: str | None = None) -> PreTrainedModel:
     """The checkpoint's language model and LM head as a plain causal LM of the text config's type."""
     hf = _load(name_or_path, dtype)
-    llm = AutoModelForCausalLM.from_config(hf.config.text_config, dtype=hf.dtype)
+    with torch.device("meta") if is_architecture_only() else nullcontext():
+        llm = AutoModelForCausalLM.from_config(hf.config.text_config, dtype=hf.dtype)
     state: dict[str, Any] = {f"model.{k}": v for k, v in hf.model.language_model.state_dict().items()}
     state["lm_head.weight"] = hf.lm_head.weight
     missing, unexpected = llm.load_state_dict(state, strict=False)

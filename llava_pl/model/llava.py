@@ -11,6 +11,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from llava_pl.model.blocks import resolve_block_class
+from llava_pl.model.fused_vision import FusedVisionEncoder
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -66,19 +68,32 @@ class LlavaModel(nn.Module):
     """Vision encoder → projector → language model.
 
     Args:
-        vision: the vision encoder.
+        vision: the vision encoder (one tower, or several fused).
         projector: a callable ``(vision_dim, llm_dim) -> nn.Module`` (a partially configured projector
             class) or an already built module.
         llm: any Hugging Face causal language model.
+        llm_block_class: import path of the LLM's decoder block class; it must occur in ``llm``.
     """
 
-    def __init__(self, vision: VisionEncoder, projector: Any, llm: PreTrainedModel) -> None:
+    def __init__(
+        self,
+        vision: VisionEncoder | FusedVisionEncoder,
+        projector: Any,
+        llm: PreTrainedModel,
+        llm_block_class: str | None = None,
+    ) -> None:
         super().__init__()
         self.vision = vision
         if not isinstance(projector, nn.Module):
             projector = projector(vision.hidden_size, llm.config.get_text_config().hidden_size)
         self.projector = projector
         self.llm = llm
+        self.llm_block_classes = (resolve_block_class(llm_block_class, llm),) if llm_block_class else ()
+
+    def block_classes(self) -> tuple[type[nn.Module], ...]:
+        """The transformer block classes of the vision tower(s) and the LLM that their configs name: the units
+        of FSDP wrapping and activation checkpointing."""
+        return tuple(dict.fromkeys((*self.vision.block_classes, *self.llm_block_classes)))
 
     @property
     def tokens_per_image(self) -> int:

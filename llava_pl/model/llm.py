@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llava_pl.model.architecture import config_source, is_architecture_only, resolve_dtype
 
 
 def load_tokenizer(name_or_path: str, pad_token: str | None = None, **kwargs: Any) -> PreTrainedTokenizerBase:
@@ -14,7 +18,10 @@ def load_tokenizer(name_or_path: str, pad_token: str | None = None, **kwargs: An
     Args:
         pad_token: the token to pad with when the tokenizer has none (e.g. ``<unk>`` for Vicuna, as LLaVA
             does); it must already be in the vocabulary so that no embedding has to be added.
+        kwargs: passed to ``AutoTokenizer.from_pretrained``, e.g. ``gguf_file`` for a tokenizer read from a GGUF
+            file in ``name_or_path``.
     """
+    _require_gguf(kwargs.get("gguf_file"))
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if pad_token is not None:
         if pad_token not in tokenizer.get_vocab():
@@ -30,16 +37,35 @@ def load_tokenizer(name_or_path: str, pad_token: str | None = None, **kwargs: An
 
 def causal_lm_from_pretrained(
     name_or_path: str,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | None,
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
+    gguf_file: str | None = None,
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """Loads pretrained causal-LM weights (a hub name or a local folder)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation=attn_implementation, **kwargs
-    )
-    _check_vocabulary(model, tokenizer)
+    """Loads pretrained causal-LM weights (a hub name or a local folder).
+
+    Inside ``architecture_only()`` the model is built empty, on the meta device, from its config alone; the
+    tokenizer may then be None (the vocabulary check needs it).
+
+    Args:
+        gguf_file: a GGUF file in ``name_or_path`` to read the config and weights from (quantized weights are
+            dequantized to ``dtype``); needs the ``gguf`` package.
+    """
+    _require_gguf(gguf_file)
+    gguf = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    if is_architecture_only():
+        config = AutoConfig.from_pretrained(config_source(name_or_path), **gguf)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, config))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, **gguf, **kwargs
+        )
+    if tokenizer is not None:
+        _check_vocabulary(model, tokenizer)
     return model
 
 
@@ -58,7 +84,13 @@ def causal_lm_from_config(
     model_config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **special_ids, **config)
     if attn_implementation is not None:
         model_config._attn_implementation = attn_implementation
-    return AutoModelForCausalLM.from_config(model_config)
+    with torch.device("meta") if is_architecture_only() else nullcontext():
+        return AutoModelForCausalLM.from_config(model_config)
+
+
+def _require_gguf(gguf_file: str | None) -> None:
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"reading {gguf_file} needs the Python package 'gguf'; install it with: pip install gguf")
 
 
 def _check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -9,6 +10,10 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, BaseImageProcessor, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from llava_pl.data.images import input_size
+from llava_pl.model.architecture import config_source, is_architecture_only, resolve_dtype
+from llava_pl.model.blocks import resolve_block_class
 
 SelectFeature = Literal["patch", "cls_patch"]
 
@@ -32,7 +37,14 @@ class VisionEncoder(nn.Module):
         tower: the Hugging Face vision model (e.g. ``CLIPVisionModel``).
         image_processor: the tower's own image processor (resize, crop, normalise).
         select_layer: index into the tower's hidden states; -2 is the penultimate layer (LLaVA).
-        select_feature: ``patch`` keeps only patch tokens, ``cls_patch`` keeps the CLS token too.
+        select_feature: ``patch`` keeps only patch tokens, ``cls_patch`` keeps the CLS token too; register
+            tokens (DINOv2 with registers) are always dropped.
+        block_class: import path of the tower's transformer block (e.g. ``...modeling_clip.CLIPEncoderLayer``),
+            for FSDP wrapping and activation checkpointing; it must occur in the tower.
+
+    The number of patches follows the image processor's output size, which is what the tower sees: DINOv2's
+    config says 518 px but its processor crops 224 px (16 x 16 patches), and towers that interpolate their
+    position embeddings can be fed another size by overriding the processor's.
     """
 
     def __init__(
@@ -41,6 +53,7 @@ class VisionEncoder(nn.Module):
         image_processor: BaseImageProcessor,
         select_layer: int = -2,
         select_feature: SelectFeature = "patch",
+        block_class: str | None = None,
     ) -> None:
         super().__init__()
         if select_feature not in ("patch", "cls_patch"):
@@ -49,11 +62,13 @@ class VisionEncoder(nn.Module):
         self.image_processor = image_processor
         self.select_layer = select_layer
         self.select_feature = select_feature
-        config = tower.config
-        self.num_patches = (config.image_size // config.patch_size) ** 2
+        height, width = input_size(image_processor)
+        patch_size = tower.config.patch_size
+        self.num_patches = (height // patch_size) * (width // patch_size)
         self.num_prefix_tokens = self._count_prefix_tokens()
         if select_feature == "cls_patch" and self.num_prefix_tokens == 0:
             raise ValueError(f"{type(tower).__name__} has no CLS token: use select_feature='patch'")
+        self.block_classes = (resolve_block_class(block_class, tower),) if block_class else ()
 
     @classmethod
     def from_pretrained(
@@ -62,16 +77,31 @@ class VisionEncoder(nn.Module):
         select_layer: int = -2,
         select_feature: SelectFeature = "patch",
         dtype: str | torch.dtype | None = None,
+        block_class: str | None = None,
+        image_processor: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> VisionEncoder:
         """Loads the tower and its image processor from a hub name or a local folder.
 
-        A dual-encoder checkpoint (a full CLIP or SigLIP model) gives its vision half.
+        A dual-encoder checkpoint (a full CLIP or SigLIP model) gives its vision half. Inside
+        ``architecture_only()`` the tower is built empty, on the meta device, from its config alone.
+
+        Args:
+            image_processor: values that replace the checkpoint's image processor values, e.g.
+                ``{size: {shortest_edge: 384}, crop_size: {height: 384, width: 384}}``.
         """
-        config = _vision_config(AutoConfig.from_pretrained(name_or_path))
-        tower = _vision_model_class(config).from_pretrained(name_or_path, dtype=dtype, **kwargs)
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        return cls(tower, image_processor, select_layer=select_layer, select_feature=select_feature)
+        source = config_source(name_or_path) if is_architecture_only() else name_or_path
+        config = _vision_config(AutoConfig.from_pretrained(source))
+        model_class = _vision_model_class(config)
+        if is_architecture_only():
+            with torch.device("meta"):
+                tower = model_class(config)
+            if (empty_dtype := resolve_dtype(dtype, config)) is not None:
+                tower.to(empty_dtype)
+        else:
+            tower = model_class.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(source, **(image_processor or {}))
+        return cls(tower, processor, select_layer=select_layer, select_feature=select_feature, block_class=block_class)
 
     @classmethod
     def from_config(
@@ -81,6 +111,7 @@ class VisionEncoder(nn.Module):
         image_processor: dict[str, Any],
         select_layer: int = -2,
         select_feature: SelectFeature = "patch",
+        block_class: str | None = None,
     ) -> VisionEncoder:
         """Builds a randomly initialised tower from config values (the demo and tests use this).
 
@@ -91,14 +122,16 @@ class VisionEncoder(nn.Module):
                 naming its class (e.g. ``CLIPImageProcessor``).
         """
         tower_config = AutoConfig.for_model(model_type, **config)
-        tower = _vision_model_class(tower_config)(tower_config)
+        with torch.device("meta") if is_architecture_only() else nullcontext():
+            tower = _vision_model_class(tower_config)(tower_config)
         processor_kwargs = dict(image_processor)
         processor_class = getattr(transformers, processor_kwargs.pop("image_processor_type"))
         processor = processor_class(**processor_kwargs)
-        return cls(tower, processor, select_layer=select_layer, select_feature=select_feature)
+        return cls(tower, processor, select_layer=select_layer, select_feature=select_feature, block_class=block_class)
 
     def _count_prefix_tokens(self) -> int:
-        # Tokens the tower puts in front of the patches: a CLS token (CLIP, DINOv2) and register tokens.
+        # Tokens the tower puts in front of the patches: a CLS token (CLIP, DINOv2) and register tokens
+        # (DINOv2 with registers puts them between the CLS token and the patches).
         embeddings = self._embeddings()
         has_cls = any(hasattr(embeddings, name) for name in ("class_embedding", "cls_token"))
         return int(has_cls) + getattr(self.tower.config, "num_register_tokens", 0)

@@ -1,0 +1,1 @@
+"""Architecture data of the real backbones the presets in ``conf/model`` name, carried so they build offline."""

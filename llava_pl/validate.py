@@ -1,0 +1,100 @@
+"""Checks of the composed config that run before anything is built, each problem named by its config key.
+
+``selected_stages`` already refuses a stage's own bad values (non-positive lr or batch sizes, unknown parts);
+these are the checks that need more than one value or more than the stage. An unknown preset never gets
+this far: Hydra refuses to compose it, naming the group and listing its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from llava_pl.fault.config import FaultConfig
+from llava_pl.stage import StageConfig
+
+
+class ConfigError(ValueError):
+    """The config cannot train; the message lists every problem with its key."""
+
+
+def known_world_size(trainer_cfg: DictConfig) -> int | None:
+    """Processes the trainer will run, when the config fixes it (``devices: auto`` is only known later)."""
+    devices, nodes = trainer_cfg.get("devices", "auto"), trainer_cfg.get("num_nodes", 1)
+    if isinstance(devices, int) and devices > 0:
+        count = devices
+    elif OmegaConf.is_list(devices) or isinstance(devices, list):
+        count = len(devices)
+    else:
+        return None
+    return count * nodes if isinstance(nodes, int) and nodes > 0 else None
+
+
+def _batch_problems(stage: StageConfig, world_size: int | None) -> Iterator[str]:
+    key = f"stage.{stage.name}"
+    per_step = stage.micro_batch_size * (world_size or 1)
+    if stage.global_batch_size % per_step:
+        over = f" x {world_size} processes (trainer.devices x trainer.num_nodes)" if world_size else ""
+        yield (f"{key}.global_batch_size={stage.global_batch_size} is not divisible by "
+               f"{key}.micro_batch_size={stage.micro_batch_size}{over}")
+    if stage.epochs < 1:
+        yield f"{key}.epochs must be at least 1, got {stage.epochs}"
+    if stage.max_steps == 0 or stage.max_steps < -1:
+        yield f"{key}.max_steps must be positive or -1 (run the epochs), got {stage.max_steps}"
+    if stage.gradient_clip_val < 0:
+        yield f"{key}.gradient_clip_val must be >= 0 (0: no clipping), got {stage.gradient_clip_val}"
+
+
+def _sized_nodes(node: Any, key: str) -> Iterator[tuple[str, dict]]:
+    """Every mapping under ``node`` that has both an ``image_size`` and a ``patch_size``, with its key."""
+    if isinstance(node, dict):
+        if "image_size" in node and "patch_size" in node:
+            yield key, node
+        for name, child in node.items():
+            yield from _sized_nodes(child, f"{key}.{name}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from _sized_nodes(child, f"{key}.{index}")
+
+
+def _vision_problems(cfg: DictConfig) -> Iterator[str]:
+    vision = cfg.get("model", {}).get("vision")
+    if vision is None:
+        return
+    for key, node in _sized_nodes(OmegaConf.to_container(vision, resolve=True), "model.vision"):
+        size, patch = node["image_size"], node["patch_size"]
+        if isinstance(size, int) and isinstance(patch, int) and (patch <= 0 or size % patch):
+            yield (f"{key}.image_size={size} is not a multiple of {key}.patch_size={patch} "
+                   "(the tower would drop the pixels past the last whole patch)")
+
+
+def _checkpoint_problems(cfg: DictConfig) -> Iterator[str]:
+    checkpoint = cfg.get("checkpoint") or {}
+    keep = checkpoint.get("save_top_k", 1)
+    if checkpoint.get("monitor") is None and keep not in (-1, 0, 1):
+        yield (f"checkpoint.save_top_k={keep} needs checkpoint.monitor (monitor: step, mode: max keeps the "
+               "most recent ones)")
+    every = checkpoint.get("every_n_train_steps")
+    if every is not None and every < 0:
+        yield f"checkpoint.every_n_train_steps must be >= 0, got {every}"
+
+
+def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
+    """Raises ``ConfigError`` listing every problem found; returns the typed ``faults`` section."""
+    problems: list[str] = []
+    world_size = known_world_size(cfg.trainer) if "trainer" in cfg else None
+    for stage in stages:
+        problems += _batch_problems(stage, world_size)
+    problems += _vision_problems(cfg)
+    problems += _checkpoint_problems(cfg)
+    faults = None
+    try:
+        faults = FaultConfig.from_cfg(cfg)
+    except (ValueError, TypeError) as error:
+        problems.append(str(error))
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {problem}" for problem in problems))
+    assert faults is not None
+    return faults

@@ -1,0 +1,73 @@
+"""Colour naming: the first colour word of a free-form answer, scored against the image's colours, with the
+blank-image control and the best-constant-colour chance level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from llava_pl.data.templates import PlainTemplate
+from llava_pl.eval.color_naming import ColorNamingEvaluation, Probe
+from llava_pl.eval.task import TaskDataError
+from llava_pl.eval.tasks.color_naming import ColorNamingTask, first_color
+
+COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "black")
+META = [  # image, colours of its shapes
+    ("test/a.png", ["red"]), ("test/b.png", ["red"]), ("test/c.png", ["blue"]), ("test/d.png", ["green", "red"]),
+]
+
+
+def write_meta(folder: Path) -> Path:
+    path = folder / "meta_test.json"
+    path.write_text(json.dumps([{"image": image, "shapes": [{"kind": "circle", "color": c} for c in colors]}
+                                for image, colors in META]))
+    return path
+
+
+@pytest.mark.parametrize(("text", "color"), [
+    ("A small red circle at the top left.", "red"),
+    ("There is a large Blue square and a red cross.", "blue"),  # the first one named
+    ("A reddish shape, then a green one.", "green"),  # whole words only
+    ("A picture showing a small circle.", None),
+])
+def test_first_color_word(text, color) -> None:
+    assert first_color(text, COLORS) == color
+
+
+def test_scores_one_shape_images_by_hand(tmp_path) -> None:
+    """a (red): "A small red circle" ✓; b (red): "a blue one" ✗; c (blue): no colour ✗ → 1/3, named 2/3.
+    blank: "red" ×3 → a, b ✓ → 2/3; chance: red is in 2 of 3 images → 2/3. d has two shapes: left out."""
+    task = ColorNamingTask(write_meta(tmp_path), tmp_path, colors=COLORS)
+    samples = task.samples()
+    assert [s.key for s in samples] == ["test/a", "test/a/blank", "test/b", "test/b/blank", "test/c", "test/c/blank"]
+    answers = {"test/a": "A small red circle at the top.", "test/b": "There is a blue one.", "test/c": "A square.",
+               **{f"test/{k}/blank": "A red circle." for k in "abc"}}
+    assert task.score(samples, answers) == {"accuracy": pytest.approx(1 / 3), "blank_accuracy": pytest.approx(2 / 3),
+                                            "chance": pytest.approx(2 / 3), "named": pytest.approx(2 / 3), "n": 3}
+
+
+def test_several_shapes_count_any_colour_of_the_image(tmp_path) -> None:
+    task = ColorNamingTask(write_meta(tmp_path), tmp_path, shape_counts=[2], blank_control=False)
+    samples = task.samples()
+    assert [s.target for s in samples] == [("green", "red")]
+    assert task.score(samples, {"test/d": "A green square and a red circle."})["accuracy"] == 1.0
+    assert task.score(samples, {"test/d": "A blue square and a red circle."})["accuracy"] == 0.0  # blue first
+    assert task.vocabulary() == ("blue", "green", "red")  # every colour of the file, not only of these images
+    with pytest.raises(TaskDataError, match="no image has 3 shapes"):
+        ColorNamingTask(write_meta(tmp_path), tmp_path, shape_counts=[3]).samples()
+
+
+def test_the_config_builds_the_plain_caption_probe(compose_config) -> None:
+    evaluation = instantiate(compose_config("evaluation=color_naming").evaluation)
+    assert isinstance(evaluation, ColorNamingEvaluation)
+    assert list(evaluation.probes) == ["caption"]
+    assert isinstance(evaluation.probes["caption"], Probe)
+    assert isinstance(evaluation.probes["caption"].template, PlainTemplate)
+
+
+def test_an_evaluation_without_probes_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="at least one probe"):
+        ColorNamingEvaluation(str(write_meta(tmp_path)), str(tmp_path), probes={})
