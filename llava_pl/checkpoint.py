@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from transformers import PreTrainedTokenizerBase
 
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
+from llava_pl.distributed.consolidate import is_sharded_checkpoint, load_checkpoint
 from llava_pl.lora import apply_lora
 from llava_pl.model.build import build_empty_model, build_model, materialize
 from llava_pl.model.llava import LlavaModel
@@ -70,8 +70,8 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
         template = template or {"_target_": "llava_pl.data.templates.ChatTemplate"}
         image_aspect = "pad"
         checkpoint = None
-    elif path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    elif path.is_file() or is_sharded_checkpoint(path):  # a sharded folder (FSDP, ZeRO) is consolidated in memory
+        checkpoint = load_checkpoint(path)
         recorded = checkpoint.get("hyper_parameters", {})
         if "model" not in recorded:
             raise ValueError(f"{path} is not a llava_pl checkpoint: it records no model config")

@@ -9,8 +9,11 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.lora import apply_lora, has_lora
+from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
+from llava_pl.model.speed import compile_blocks, vision_towers
 from llava_pl.optim import parameter_groups
 from llava_pl.stage import PARTS, StageConfig
 
@@ -53,7 +56,20 @@ class LlavaModule(L.LightningModule):
             apply_lora(model, stage.lora)
         self.parameter_table = set_trainable(model, stage.trains)
         if stage.gradient_checkpointing:
-            model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            checkpointing = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+            model.llm.activation_checkpointing_enable(**checkpointing)
+            if "vision" in stage.trains:
+                for tower in vision_towers(model.vision):
+                    tower.activation_checkpointing_enable(**checkpointing)
+        if stage.compile_blocks:
+            compile_blocks(model)
+        model.feature_cache = VisionFeatureCache() if stage.vision_feature_cache else None
+
+    def configure_model(self) -> None:
+        """Shards the model per transformer block under ``strategy=fsdp`` (Lightning calls this once the
+        processes exist); other strategies wrap or partition the model themselves."""
+        if isinstance(self.trainer.strategy, FSDP2Strategy):
+            self.trainer.strategy.shard(self.model, self.model.block_classes())
 
     def train(self, mode: bool = True) -> LlavaModule:
         super().train(mode)
@@ -77,19 +93,22 @@ class LlavaModule(L.LightningModule):
             pixel_values=batch["pixel_values"],
             images_per_sample=batch["images_per_sample"],
             labels=batch["labels"],
+            position_ids=batch.get("position_ids"),
             sample_ids=batch.get("sample_ids"),
+            sample_lengths=batch.get("sample_lengths"),
+            return_logits=not self.stage.supervised_logits_only,
         )
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         loss = self(batch)["loss"]
-        size = batch["input_ids"].shape[0]
+        size = len(batch["images_per_sample"])  # samples, also when packed into one row
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         loss = self(batch)["loss"]
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["images_per_sample"]))
         return loss
 
     def total_steps(self) -> int:

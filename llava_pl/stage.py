@@ -24,6 +24,13 @@ class StageConfig:
         global_batch_size: samples per optimizer step over all devices; accumulation is derived.
         lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``target_modules``) or ``null`` to train the
             LLM's own weights.
+        gradient_checkpointing: recompute the activations of the LLM's blocks (and of the vision tower's, when
+            it trains) in the backward pass instead of keeping them.
+        compile_blocks: ``torch.compile`` each LLM decoder block.
+        supervised_logits_only: compute the LM head only where the next token is supervised (the loss is the
+            same; image and prompt positions cost no vocabulary projection).
+        vision_feature_cache: keep the frozen tower's features of every distinct image in host memory, so
+            that each image is encoded once (``llava_pl.model.feature_cache``).
     """
 
     name: str
@@ -44,6 +51,9 @@ class StageConfig:
     gradient_checkpointing: bool
     val_check_interval: float | int | None
     lora: dict[str, Any] | None
+    compile_blocks: bool = False
+    supervised_logits_only: bool = True
+    vision_feature_cache: bool = False
 
     def __post_init__(self) -> None:
         for key, parts in (("trains", self.trains), ("part_lr", self.part_lr)):
@@ -56,6 +66,8 @@ class StageConfig:
         for part, value in self.part_lr.items():
             if value is not None and value <= 0:
                 raise ValueError(f"stage {self.name}: part_lr.{part} must be positive, got {value}")
+        if self.vision_feature_cache and "vision" in self.trains:
+            raise ValueError(f"stage {self.name}: vision_feature_cache needs a frozen vision tower, but trains has 'vision'")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"stage {self.name}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

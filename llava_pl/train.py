@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
@@ -17,18 +16,23 @@ from transformers import PreTrainedTokenizerBase
 
 from llava_pl.callbacks.monitor import monitor_callbacks
 from llava_pl.checkpoint import model_from_checkpoint
-from llava_pl.data.datamodule import LlavaDataModule
+from llava_pl.data.counts import DataCounts
+from llava_pl.data.options import data_options, datamodule_class
 from llava_pl.data.images import ImageTransform
+from llava_pl.distributed.checkpoint_io import ShardAwareCheckpointIO
+from llava_pl.distributed.consolidate import load_checkpoint
+from llava_pl.distributed.resize import ResumeOnAnyWorldSize
+from llava_pl.distributed.unshard import unsharded_model
 from llava_pl.eval.callback import eval_callbacks
 from llava_pl.fault.atomic import remove_partial_files
 from llava_pl.fault.callbacks import fault_callbacks
-from llava_pl.fault.checkpoint_io import AtomicCheckpointIO
 from llava_pl.fault.config import FaultConfig
 from llava_pl.fault.memory import explain_out_of_memory
 from llava_pl.fault.preemption import StopRequest, stop_signals
 from llava_pl.loggers import log_run_config
 from llava_pl.model.build import build_model
 from llava_pl.model.llava import LlavaModel
+from llava_pl.model.varlen_attention import use_varlen_attention
 from llava_pl.module import LlavaModule
 from llava_pl.projector_io import PROJECTOR_FILE, save_projector
 from llava_pl.provenance import record_run
@@ -72,7 +76,7 @@ def stage_checkpoint(run_dir: Path, stage: StageConfig) -> Path:
 
 def stage_is_complete(run_dir: Path, stage: StageConfig) -> bool:
     """The projector file is written last, after the stage's final checkpoint."""
-    return (run_dir / stage.name / PROJECTOR_FILE).is_file() and stage_checkpoint(run_dir, stage).is_file()
+    return (run_dir / stage.name / PROJECTOR_FILE).is_file() and stage_checkpoint(run_dir, stage).exists()
 
 
 def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path) -> list[tuple[StageConfig, str | None]]:
@@ -85,7 +89,7 @@ def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path)
     if ckpt_path is None:
         return [(stage, None) for stage in stages]
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
+        if not Path(ckpt_path).exists():  # a file, or a sharded checkpoint's folder
             raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
         return [(stage, ckpt_path if index == 0 else None) for index, stage in enumerate(stages)]
     plan = []
@@ -93,7 +97,7 @@ def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path)
         if stage_is_complete(run_dir, stage):
             continue
         last = stage_checkpoint(run_dir, stage)
-        plan.append((stage, str(last) if last.is_file() and not plan else None))
+        plan.append((stage, str(last) if last.exists() and not plan else None))
     return plan
 
 
@@ -106,9 +110,10 @@ def fit_stage(
     ckpt_path: str | None = None,
 ) -> L.Trainer:
     """Trains one stage (or resumes it from ``ckpt_path``); its checkpoints and projector weights go to
-    ``run_dir/<stage name>/``."""
+    ``run_dir/<stage name>/``. Afterwards ``trainer.lightning_module.model`` is the trained model as one plain
+    module, also after a sharding strategy."""
     stage_dir = run_dir / stage.name
-    data = LlavaDataModule(
+    data = datamodule_class(cfg.data)(  # LlavaDataModule, or data.datamodule (data=wds streams shards)
         **cfg.data.sets[stage.dataset],
         image_folder=cfg.data.image_folder,
         micro_batch_size=stage.micro_batch_size,
@@ -116,15 +121,20 @@ def fit_stage(
         image_aspect=cfg.data.image_aspect,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
+        **data_options(cfg.data),  # on_bad_sample, length_cache, ...
     )
+    if cfg.data.get("packing"):
+        log.info(f"packing: the LLM attends within each sample with {use_varlen_attention(model.llm)} attention")
     data.connect(tokenizer, instantiate(stage.template), model.vision.image_processor, model.tokens_per_image)
     module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect)
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", **cfg.checkpoint)
     extra_callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    extra_callbacks.append(DataCounts())  # data/samples/<source>, data/bad_samples/<reason>, end-of-stage summary
     extra_callbacks += eval_callbacks(cfg, tokenizer, instantiate(stage.template),
                                       ImageTransform(model.vision.image_processor, cfg.data.image_aspect),
                                       run_dir / stage.name / "eval")
     extra_callbacks += fault_callbacks(FaultConfig.from_cfg(cfg), stage_checkpoint(run_dir, stage))
+    extra_callbacks.append(ResumeOnAnyWorldSize())  # a checkpoint resumes on any number of devices
     loggers = build_loggers(cfg.get("logger"), stage.name)
     log_run_config(loggers, cfg)
     monitors = monitor_callbacks(cfg.get("monitor"), progress_bar=cfg.trainer.get("enable_progress_bar", True))
@@ -133,7 +143,7 @@ def fit_stage(
         strategy=instantiate(cfg.strategy),
         logger=loggers or False,
         callbacks=[*monitors, *extra_callbacks, checkpoint],
-        plugins=[AtomicCheckpointIO()],  # every checkpoint, last.ckpt included, appears only once complete
+        plugins=[ShardAwareCheckpointIO()],  # atomic saves (last.ckpt included); reads sharded checkpoints too
         default_root_dir=str(stage_dir),
         max_epochs=stage.epochs,
         max_steps=stage.max_steps,
@@ -146,8 +156,9 @@ def fit_stage(
     with explain_out_of_memory(stage, trainer):
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     trainer.save_checkpoint(stage_checkpoint(run_dir, stage))
+    module.model = unsharded_model(trainer, model, cfg.model, tokenizer, stage_checkpoint(run_dir, stage))
     if trainer.is_global_zero:
-        save_projector(model.projector, stage_dir / PROJECTOR_FILE)
+        save_projector(module.model.projector, stage_dir / PROJECTOR_FILE)
     return trainer
 
 
@@ -193,12 +204,12 @@ def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopReq
     if completed:
         log.info(f"stages already complete in {run_dir}: {[stage.name for stage in completed]}")
         final = stage_checkpoint(run_dir, completed[-1])
-        model = model_from_checkpoint(cfg.model, tokenizer, torch.load(final, map_location="cpu", weights_only=False))
+        model = model_from_checkpoint(cfg.model, tokenizer, load_checkpoint(final))
     else:
         model = build_model(cfg.model, tokenizer)
     for stage, ckpt_path in plan:
         stop.raise_if_requested()
-        fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path)
+        model = fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path).lightning_module.model
     stop.raise_if_requested()
     results = (evaluate(cfg, model, tokenizer, run_dir) or {}) if cfg.get("evaluation") else {}
     if results:

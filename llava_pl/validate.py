@@ -7,9 +7,11 @@ this far: Hydra refuses to compose it, naming the group and listing its options.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llava_pl.fault.config import FaultConfig
@@ -20,13 +22,24 @@ class ConfigError(ValueError):
     """The config cannot train; the message lists every problem with its key."""
 
 
+def _uses_cpu(trainer_cfg: DictConfig) -> bool:
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
 def known_world_size(trainer_cfg: DictConfig) -> int | None:
-    """Processes the trainer will run, when the config fixes it (``devices: auto`` is only known later)."""
+    """Processes the trainer will run, when the config fixes it or the machine tells (``devices: auto`` is one
+    process on a CPU and every visible GPU on a GPU machine, as Lightning counts them)."""
     devices, nodes = trainer_cfg.get("devices", "auto"), trainer_cfg.get("num_nodes", 1)
     if isinstance(devices, int) and devices > 0:
         count = devices
     elif OmegaConf.is_list(devices) or isinstance(devices, list):
         count = len(devices)
+    elif devices in ("auto", -1, "-1") and _uses_cpu(trainer_cfg):
+        count = 1
+    elif devices in ("auto", -1, "-1") and trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") \
+            and torch.cuda.device_count():
+        count = torch.cuda.device_count()
     else:
         return None
     return count * nodes if isinstance(nodes, int) and nodes > 0 else None
@@ -36,7 +49,7 @@ def _batch_problems(stage: StageConfig, world_size: int | None) -> Iterator[str]
     key = f"stage.{stage.name}"
     per_step = stage.micro_batch_size * (world_size or 1)
     if stage.global_batch_size % per_step:
-        over = f" x {world_size} processes (trainer.devices x trainer.num_nodes)" if world_size else ""
+        over = f" x {world_size} processes (trainer.devices x trainer.num_nodes)" if (world_size or 1) > 1 else ""
         yield (f"{key}.global_batch_size={stage.global_batch_size} is not divisible by "
                f"{key}.micro_batch_size={stage.micro_batch_size}{over}")
     if stage.epochs < 1:
@@ -81,6 +94,21 @@ def _checkpoint_problems(cfg: DictConfig) -> Iterator[str]:
         yield f"checkpoint.every_n_train_steps must be >= 0, got {every}"
 
 
+def _strategy_problems(cfg: DictConfig) -> Iterator[str]:
+    target = (cfg.get("strategy") or {}).get("_target_") if OmegaConf.is_dict(cfg.get("strategy")) else None
+    precision = str(cfg.trainer.get("precision")) if "trainer" in cfg else None
+    if target and target.endswith("FSDP2Strategy") and precision in ("16-mixed", "16"):
+        yield (f"trainer.precision={precision} is not supported by strategy ({target}); use bf16-mixed, "
+               "bf16-true or 32-true")
+    if not target or "deepspeed" not in target.lower():
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        yield f"strategy ({target}) needs the deepspeed package: DS_BUILD_OPS=0 pip install 'deepspeed>=0.19,<0.20'"
+    if "trainer" in cfg and _uses_cpu(cfg.trainer):
+        yield (f"strategy ({target}) runs on CUDA GPUs only, but trainer.accelerator="
+               f"{cfg.trainer.get('accelerator', 'auto')} here means the CPU; use strategy=fsdp or ddp on CPUs")
+
+
 def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
     """Raises ``ConfigError`` listing every problem found; returns the typed ``faults`` section."""
     problems: list[str] = []
@@ -89,6 +117,7 @@ def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
         problems += _batch_problems(stage, world_size)
     problems += _vision_problems(cfg)
     problems += _checkpoint_problems(cfg)
+    problems += _strategy_problems(cfg)
     faults = None
     try:
         faults = FaultConfig.from_cfg(cfg)

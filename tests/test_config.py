@@ -15,6 +15,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig,
 from llava_pl.callbacks.monitor import monitor_callbacks
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.images import input_size
+from llava_pl.data.options import data_options, datamodule_class
 from llava_pl.model.fused_vision import FusedVisionEncoder
 from llava_pl.metrics.peak import DatasheetPeak
 from llava_pl.model.vision import VisionEncoder
@@ -66,6 +67,15 @@ def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir:
         shapes = data_dir / "shapes"
         extra += [f"data.image_folder={shapes}/images", f"data.sets.align.train={shapes}/captions_train.json",
                   f"data.sets.finetune.train={shapes}/instruct_train.json"]
+    if (group, option) == ("data", "wds"):  # shards converted from the small shapes data
+        from llava_pl.data.to_wds import convert
+
+        shapes = data_dir / "shapes"
+        for name in ("captions_train", "instruct_train"):
+            if not (data_dir / "shards" / name / "manifest.json").is_file():
+                convert(shapes / f"{name}.json", shapes / "images", data_dir / "shards" / name, progress=False)
+        extra += [f"data.sets.align.train={data_dir}/shards/captions_train",
+                  f"data.sets.finetune.train={data_dir}/shards/instruct_train"]
     if (group, option) == ("data", "scienceqa"):  # ScienceQA's files, drawn small
         extra.append(f"data.root={write_benchmarks(data_dir / 'eval_data') / 'scienceqa'}")
     if (group, option) == ("logger", "wandb"):
@@ -86,7 +96,7 @@ def names_real_backbone(node: object) -> bool:
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_option_composes_and_instantiates(group, option, compose_config, saved_backbones, data_dir) -> None:
-    own_data = (group, option) in {("data", "llava"), ("data", "scienceqa")}
+    own_data = (group, option) in {("data", "llava"), ("data", "scienceqa"), ("data", "wds")}
     cfg = compose_config(*overrides_for(group, option, saved_backbones, data_dir), shapes=not own_data)
     if "gguf_file" in cfg.model.llm:  # the LLM comes from a wheel (README's test command installs it)
         skip_unless_installed()
@@ -123,9 +133,12 @@ def test_option_composes_and_instantiates(group, option, compose_config, saved_b
         for step in cfg.data.get("prepare") or []:
             instantiate(step)
         for name in cfg.data.sets:  # align and finetune; finetune only for ScienceQA
-            module = LlavaDataModule(**cfg.data.sets[name], image_folder=cfg.data.image_folder)
-            assert Path(module.train_path).is_file()
+            module = datamodule_class(cfg.data)(**cfg.data.sets[name], image_folder=cfg.data.image_folder,
+                                                **data_options(cfg.data))
+            assert isinstance(module, LlavaDataModule) and Path(module.train_path).exists()
     elif group == "strategy":
+        if option.startswith("deepspeed"):  # Lightning refuses to build DeepSpeedStrategy without the package
+            skip_unless_installed(("deepspeed",), "DS_BUILD_OPS=0 pip install 'deepspeed>=0.19,<0.20'")
         strategy = instantiate(cfg.strategy)
         assert strategy == "auto" or isinstance(strategy, L.pytorch.strategies.Strategy)
     elif group == "logger":

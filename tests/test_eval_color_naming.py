@@ -60,12 +60,14 @@ def test_several_shapes_count_any_colour_of_the_image(tmp_path) -> None:
         ColorNamingTask(write_meta(tmp_path), tmp_path, shape_counts=[3]).samples()
 
 
-def test_the_config_builds_the_plain_caption_probe(compose_config) -> None:
+def test_the_config_builds_a_caption_probe_and_a_question_probe(compose_config) -> None:
     evaluation = instantiate(compose_config("evaluation=color_naming").evaluation)
     assert isinstance(evaluation, ColorNamingEvaluation)
-    assert list(evaluation.probes) == ["caption"]
-    assert isinstance(evaluation.probes["caption"], Probe)
+    assert list(evaluation.probes) == ["caption", "question"]
+    assert all(isinstance(probe, Probe) for probe in evaluation.probes.values())
     assert isinstance(evaluation.probes["caption"].template, PlainTemplate)
+    assert evaluation.probes["question"].template is None  # the LLM's own
+    assert evaluation.probes["question"].prompt.startswith("What color is the shape")
 
 
 def test_an_evaluation_without_probes_is_refused(tmp_path) -> None:

@@ -12,10 +12,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
 from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.data.conversation import SampleError
 from llava_pl.data.dataset import LlavaDataset
+from llava_pl.distributed.sharding import shards_parameters
 from llava_pl.generate import Answerer
 
 log = logging.getLogger(__name__)
@@ -51,15 +54,18 @@ def pick_samples(dataset: LlavaDataset, count: int) -> list[SampleInput]:
     indices = sorted({round(position * len(dataset) / count) for position in range(count)} - {len(dataset)})
     samples = []
     for index in indices:
-        conversation = dataset.conversation(index)
+        try:
+            conversation = dataset.conversation(index)
+            path = conversation.images[0] if conversation.images else None
+            image = None
+            if path is not None:
+                with dataset.open_image(index, conversation, 0) as opened:  # from a folder or a shard
+                    image = opened.convert("RGB")
+        except SampleError:
+            continue  # a bad sample (data.on_bad_sample=skip leaves it out of training too)
         user = next(message for message in conversation.messages if message.role == "user")
         reference = next(message for message in conversation.messages if message.role == "assistant")
-        path = conversation.images[0] if conversation.images else None
-        image = None
-        if path is not None:
-            with Image.open(dataset.image_folder / path) as opened:
-                image = opened.convert("RGB")
-        pixels = dataset.load_images(conversation.sample_id, [path])[0] if path is not None else None
+        pixels = dataset.image_transform(image) if image is not None else None
         samples.append(SampleInput(conversation.sample_id, path, user.content.replace(IMAGE_PLACEHOLDER, "").strip(),
                                    reference.content.strip(), pixels, image))
     return samples
@@ -101,7 +107,8 @@ class SampleGenerations(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             data = trainer.datamodule
-            self.samples = pick_samples(data.val_set or data.train_set, self.num_samples)
+            dataset = data.val_set or data.train_set  # a stream (data=wds) has no train_set to pick from
+            self.samples = pick_samples(dataset, self.num_samples) if dataset is not None else []
         self._last_step = trainer.global_step
 
     def on_train_batch_end(
@@ -117,6 +124,9 @@ class SampleGenerations(Callback):
 
     def _generate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = self._last_step = trainer.global_step
+        if shards_parameters(trainer.strategy):  # rank 0 alone cannot run a sharded model: it would wait forever
+            rank_zero_warn(f"sample generations are off under {type(trainer.strategy).__name__}")
+            return
         if trainer.is_global_zero and self.samples:
             rows = self.generate(trainer, pl_module, step)
             self.rows += rows

@@ -21,7 +21,8 @@ def stage_facts(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, A
         "stage": stage.name,
         "parameters": sum(parameter.numel() for parameter in parameters),
         "trainable_parameters": sum(parameter.numel() for parameter in parameters if parameter.requires_grad),
-        "train_samples": len(data.train_set),
+        "train_samples": data.train_samples_per_epoch() if hasattr(data, "train_samples_per_epoch")
+        else len(data.train_set),
         "val_samples": len(data.val_set) if data.val_set is not None else 0,
         "batches_per_epoch": data.train_batches_per_epoch(),
         "global_batch_size": stage.global_batch_size,

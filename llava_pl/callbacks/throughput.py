@@ -97,11 +97,12 @@ class ThroughputMonitor(Callback):
             self._window = _Window(time.perf_counter(), self._take_wait())
         window = self._window
         mask = batch["attention_mask"]
-        lengths = mask.sum(dim=1)
+        # a packed row (data.packing) holds several samples, each attending only within itself
+        lengths = batch["sample_lengths"] if "sample_lengths" in batch else mask.sum(dim=1)
         window.tokens = window.tokens + lengths.sum()
         window.squared_lengths = window.squared_lengths + (lengths * lengths).sum()
         window.micro_batches += 1
-        window.samples += mask.shape[0]
+        window.samples += lengths.shape[0]
         window.positions += mask.numel()
         window.images += batch["pixel_values"].shape[0]
 

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor
 
+from llava_pl.data.fast_image import fast_processing
+
 ImageAspect = Literal["pad", "resize"]
 
 
@@ -45,6 +47,7 @@ class ImageTransform:
         self.processor = processor
         self.aspect = aspect
         self.mean_colour = tuple(int(round(255 * channel)) for channel in processor.image_mean)
+        self.fast = fast_processing(processor)  # the processor's own steps, cheaper, where it reproduces them
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
@@ -53,6 +56,8 @@ class ImageTransform:
         else:
             height, width = input_size(self.processor)
             image = image.resize((width, height), Image.Resampling.BICUBIC)
+        if self.fast is not None:
+            return self.fast(image)
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     def blank(self) -> torch.Tensor:

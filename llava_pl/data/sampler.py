@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from llava_pl.data.grouping import modality_length_order
+
+
+@dataclass
+class LengthGrouping:
+    """Token-accurate lengths and modalities per data set index, and the micro-batch size to group for."""
+
+    lengths: np.ndarray
+    has_image: np.ndarray
+    batch_size: int
+    pool: int = 50
 
 
 class ResumableSampler(Sampler[int]):
     """This rank's share of a per-epoch order fixed by ``(seed, epoch)``, optionally starting part-way in.
 
     Every rank gets the same number of indices (the order is padded by repeating its start), so every
-    rank runs the same number of steps.
+    rank runs the same number of steps. ``indices`` restricts the order to those data set indices (the
+    good samples); ``grouping`` orders them by modality and length (``grouping.modality_length_order``).
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
-        self.size = size
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 indices: Sequence[int] | None = None, grouping: LengthGrouping | None = None) -> None:
+        self.indices = list(range(size)) if indices is None else list(indices)
+        self.size = len(self.indices)
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.grouping = grouping
         self.epoch = 0
         self._skip = 0
 
@@ -34,19 +52,30 @@ class ResumableSampler(Sampler[int]):
         self._skip = position
 
     def __len__(self) -> int:
+        if self.grouping is not None:
+            group = self.grouping.batch_size * self.world_size
+            return -(-self.size // group) * self.grouping.batch_size if self.size else 0
         return -(-self.size // self.world_size)
 
-    def __iter__(self) -> Iterator[int]:
+    def share(self) -> list[int]:
+        """This rank's indices of the current epoch, from its start."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.grouping is not None:
+            grouping = self.grouping
+            steps = modality_length_order(self.indices, grouping.lengths, grouping.has_image, grouping.batch_size,
+                                          self.world_size, generator, grouping.pool)
+            return [index for step in steps for index in step[self.rank]]
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
+            order = [self.indices[i] for i in torch.randperm(self.size, generator=generator).tolist()]
         else:
-            order = list(range(self.size))
+            order = list(self.indices)
         padded = len(self) * self.world_size
         order += order[: padded - len(order)]
-        share = order[self.rank :: self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
         start, self._skip = self._skip, 0
-        return iter(share[start:])
+        return iter(self.share()[start:])
 
 
 class ResumableDataLoader(DataLoader):

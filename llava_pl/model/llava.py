@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,10 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from llava_pl.data.images import input_size
+from llava_pl.data.packing import cumulative_lengths, position_ids_of, unpack_rows
 from llava_pl.model.blocks import resolve_block_class
+from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.fused_vision import FusedVisionEncoder
 from llava_pl.model.vision import VisionEncoder
 
@@ -56,12 +60,28 @@ def splice_image_features(
     return token_embeddings.masked_scatter(mask.unsqueeze(-1), flat)
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """16-bit logits in float32 for the loss; float64 stays float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the supervised positions (0 when none is supervised)."""
-    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    total = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # the labels move one step left rather than the logits one step right: no copy of the (batch, seq, vocab) logits
+    shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).to(logits.device)
+    total = F.cross_entropy(at_least_float32(logits.reshape(-1, logits.shape[-1])), shifted_labels,
+                            ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq)`` booleans: the positions whose next token is supervised, the only logits a loss reads."""
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
+def _accepts_logits_to_keep(llm: nn.Module) -> bool:
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # a peft model passes it through
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
 
 class LlavaModel(nn.Module):
@@ -89,6 +109,7 @@ class LlavaModel(nn.Module):
         self.projector = projector
         self.llm = llm
         self.llm_block_classes = (resolve_block_class(llm_block_class, llm),) if llm_block_class else ()
+        self.feature_cache: VisionFeatureCache | None = None  # used while the tower is frozen
 
     def block_classes(self) -> tuple[type[nn.Module], ...]:
         """The transformer block classes of the vision tower(s) and the LLM that their configs name: the units
@@ -100,8 +121,18 @@ class LlavaModel(nn.Module):
         return self.vision.num_image_tokens
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(num_images, C, H, W)`` → ``(num_images, tokens_per_image, llm_dim)``."""
-        return self.projector(self.vision(pixel_values))
+        """``(num_images, C, H, W)`` → ``(num_images, tokens_per_image, llm_dim)``.
+
+        A frozen tower runs under ``no_grad``: nothing of its forward pass is kept for a backward pass; with a
+        ``feature_cache`` it runs only on images it has not seen.
+        """
+        if any(parameter.requires_grad for parameter in self.vision.parameters()):
+            return self.projector(self.vision(pixel_values))
+        if self.feature_cache is not None:
+            return self.projector(self.feature_cache(self.vision, pixel_values))
+        with torch.no_grad():
+            features = self.vision(pixel_values)
+        return self.projector(features)
 
     def embed(
         self,
@@ -122,7 +153,16 @@ class LlavaModel(nn.Module):
         if pixel_values is None or pixel_values.shape[0] == 0:
             if bool((input_ids == IMAGE_TOKEN_ID).any()):
                 raise ImageCountError("the batch has image-token positions but no images")
-            return embeddings
+            if pixel_values is None:
+                return embeddings
+            # A text-only batch still runs the tower and projector, on one blank image whose features are
+            # added times zero: every rank then gathers and reduces the same parameters in every step, which
+            # ZeRO-3 and FSDP need (a rank that skips them waits forever, LLaVA issue #699), and DDP sees the
+            # projector used. The loss and the gradients stay those of the text alone.
+            height, width = input_size(self.vision.image_processor)
+            channels = 3 * len(getattr(self.vision, "encoders", [self.vision]))  # fused towers stack channels
+            blank = pixel_values.new_zeros((1, channels, height, width))
+            return embeddings + 0.0 * self.encode_images(blank).sum().to(embeddings.dtype)
         return splice_image_features(embeddings, input_ids, self.encode_images(pixel_values))
 
     def forward(
@@ -134,12 +174,49 @@ class LlavaModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         sample_ids: Sequence[str] | None = None,
+        sample_lengths: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Returns ``{"logits": ...}`` and, when labels are given, ``{"loss": ...}``."""
+        """Returns ``{"logits": ...}`` and, when labels are given, ``{"loss": ...}``.
+
+        Args:
+            sample_lengths: marks ``input_ids`` as one packed row of samples of these lengths
+                (``llava_pl.data.packing``): positions restart and attention stays within each sample;
+                ``attention_mask`` is then not used.
+            return_logits: with ``labels``, ``False`` computes the LM head only at the positions whose next
+                token is supervised (the only ones the loss reads) and returns the loss alone.
+        """
+        llm_kwargs: dict[str, Any] = {}
+        if sample_lengths is not None:
+            if input_ids.shape[0] != 1 or int(sample_lengths.sum()) != input_ids.shape[1]:
+                raise ValueError(
+                    f"a packed batch is one row of sum(sample_lengths) tokens; got input_ids {tuple(input_ids.shape)} "
+                    f"and sample lengths summing to {int(sample_lengths.sum())}"
+                )
+            if images_per_sample is not None:
+                unpacked = unpack_rows(input_ids, sample_lengths, 0)
+                check_image_positions(unpacked, images_per_sample, self.tokens_per_image, sample_ids)
+                images_per_sample = None
+            if position_ids is None:
+                position_ids = position_ids_of(sample_lengths.tolist()).unsqueeze(0).to(input_ids.device)
+            boundaries = cumulative_lengths(sample_lengths).to(input_ids.device)
+            longest = int(sample_lengths.max())
+            attention_mask = None
+            llm_kwargs = {"cu_seq_lens_q": boundaries, "cu_seq_lens_k": boundaries,
+                          "max_length_q": longest, "max_length_k": longest}
         embeddings = self.embed(input_ids, pixel_values, images_per_sample, sample_ids)
+        sparse = labels is not None and not return_logits and _accepts_logits_to_keep(self.llm)
+        if sparse:
+            keep = supervised_positions(labels.to(input_ids.device))
+            llm_kwargs["logits_to_keep"] = keep
         outputs = self.llm(
-            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+            **llm_kwargs,
         )
+        if sparse:
+            targets = labels.to(input_ids.device)[:, 1:][keep[:, :-1]]
+            total = F.cross_entropy(at_least_float32(outputs.logits), targets, reduction="sum")
+            return {"loss": total / max(targets.numel(), 1)}
         result = {"logits": outputs.logits}
         if labels is not None:
             result["loss"] = causal_lm_loss(outputs.logits, labels)

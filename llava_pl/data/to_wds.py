@@ -1,0 +1,203 @@
+"""Converts a LLaVA JSON (or JSON Lines) file and its image folder into webdataset tar shards.
+
+    python -m llava_pl.data.to_wds in=llava_v1_5_mix665k.json images=/data/llava out=/data/mix665k_shards \\
+        shard_size=5000
+
+Each sample is ``<position>.json`` (the record as it is) plus ``<position>.img0.<ext>`` ... (each image's bytes
+as stored); text-only samples have the json alone. The key is the record's position in the file, since ids
+repeat. ``manifest.json`` lists each shard with its sample count, the source file's SHA-256 and the bad samples
+left out; ``<shard>.idx.json`` gives each member's byte span, so shards can also be read by position.
+
+Shard ``k`` always holds records ``k·shard_size`` to ``(k+1)·shard_size - 1``: an interrupted conversion run
+again with the same arguments keeps the finished shards and writes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from llava_pl.data.bad_samples import REASONS, OnBadSample, check_policy
+from llava_pl.data.conversation import SampleError, parse_record
+from llava_pl.data.records import MANIFEST, JsonRecords, decode_image_bytes, image_member
+
+USAGE = "python -m llava_pl.data.to_wds in=FILE.json images=DIR out=DIR [shard_size=1000] [on_bad_sample=skip|error]"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1, ensure_ascii=False))
+    os.replace(partial, path)
+
+
+def _check_decodes(data: bytes, source: str, sample_id: str, where: str) -> None:
+    """Raises the ``SampleError`` of image bytes that do not decode. JPEGs are decoded at 1/8 scale, which still
+    reads every byte (a truncated file fails) at a fraction of the cost."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if opened.format == "JPEG":
+                opened.draft("RGB", (max(1, opened.width // 8), max(1, opened.height // 8)))
+            opened.load()
+    except (OSError, SyntaxError, ValueError, EOFError):
+        decode_image_bytes(data, source, sample_id, where)  # decodes in full: raises the error with its reason
+
+
+def _read_image(folder: Path | None, relative: str, source: str, sample_id: str) -> bytes:
+    if folder is None:
+        raise SampleError(source, sample_id, f"has image {relative!r} but no images= folder was given",
+                          "missing_image")
+    path = folder / relative
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise SampleError(source, sample_id, f"image file not found: {path}", "missing_image") from error
+    except OSError as error:
+        raise SampleError(source, sample_id, f"image file unreadable: {path} ({error})", "unreadable_image") from error
+    _check_decodes(data, source, sample_id, str(path))
+    return data
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o444, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _index(shard: Path) -> list[list[Any]]:
+    """``[[key, {ext: [offset, size]}], ...]`` in the order of the shard."""
+    entries: dict[str, dict[str, list[int]]] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            entries.setdefault(key, {})[ext] = [member.offset_data, member.size]
+    return [[key, members] for key, members in entries.items()]
+
+
+def write_shard(source: JsonRecords, folder: Path | None, start: int, stop: int, path: Path,
+                policy: OnBadSample, progress: tqdm | None = None) -> list[list[Any]]:
+    """Writes records ``start..stop-1`` to ``path`` (complete or absent); returns the bad ones
+    ``[[position, id, reason, message], ...]`` (``policy="error"``: raises the first)."""
+    bad: list[list[Any]] = []
+    partial = path.with_name(path.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
+        for position in range(start, stop):
+            if progress is not None:
+                progress.update(1)
+            try:
+                record = source.record(position)
+                conversation = parse_record(record, source.name, position)
+                images = [_read_image(folder, relative, source.name, conversation.sample_id)
+                          for relative in conversation.images]
+            except SampleError as error:
+                if policy == "error":
+                    raise
+                bad.append([position, error.sample_id, error.reason, str(error)])
+                continue
+            key = f"{position:09d}"
+            _member(tar, f"{key}.json", json.dumps(record, ensure_ascii=False).encode("utf-8"))
+            for index, (relative, data) in enumerate(zip(conversation.images, images)):
+                _member(tar, f"{key}.{image_member(index, relative)}", data)
+    os.replace(partial, path)
+    return bad
+
+
+def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out: str | os.PathLike,
+            shard_size: int = 1000, on_bad_sample: OnBadSample = "skip", progress: bool = True) -> dict[str, Any]:
+    """Writes (or finishes writing) the shards of ``input_file`` into ``out``; returns the manifest."""
+    policy = check_policy(on_bad_sample)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    input_path, out_dir = Path(input_file), Path(out)
+    source = JsonRecords(input_path, images)
+    folder = Path(images) if images is not None else None
+    digest = file_sha256(input_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    fresh = {"source": str(input_path), "source_sha256": digest, "image_folder": str(folder) if folder else None,
+             "shard_size": shard_size, "records": len(source), "shards": [], "complete": False}
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else fresh
+    if (manifest["source_sha256"], manifest["shard_size"]) != (digest, shard_size):
+        raise ValueError(f"{out_dir} holds shards of another conversion (source {manifest['source']}, "
+                         f"shard_size {manifest['shard_size']}); choose an empty folder")
+    done = {shard["name"] for shard in manifest["shards"]}
+    count = -(-len(source) // shard_size)
+    bar = tqdm(total=len(source), initial=min(len(done) * shard_size, len(source)), unit="sample",
+               desc=f"{input_path.name} → {out_dir}", disable=not progress)
+    try:
+        for number in range(count):
+            name = f"{input_path.stem}-{number:06d}.tar"
+            if name in done:
+                continue
+            start, stop = number * shard_size, min((number + 1) * shard_size, len(source))
+            bad = write_shard(source, folder, start, stop, out_dir / name, policy, bar)
+            index_name = f"{name}.idx.json"
+            index = _index(out_dir / name)
+            _write_json(out_dir / index_name, index)
+            manifest["shards"].append({"name": name, "index": index_name, "samples": len(index),
+                                       "records": [start, stop], "bad": bad})
+            manifest["shards"].sort(key=lambda shard: shard["name"])
+            _write_json(manifest_path, manifest)  # after the shard: a crash never lists a partial shard
+    finally:
+        bar.close()
+    reasons = Counter(entry[2] for shard in manifest["shards"] for entry in shard["bad"])
+    manifest.update(complete=True, samples=sum(shard["samples"] for shard in manifest["shards"]),
+                    bad_samples={reason: reasons[reason] for reason in REASONS if reasons[reason]})
+    _write_json(manifest_path, manifest)
+    return manifest
+
+
+def report(manifest: dict[str, Any]) -> str:
+    lines = [f"{manifest['samples']} of {manifest['records']} records in {len(manifest['shards'])} shard(s)"]
+    bad = [entry for shard in manifest["shards"] for entry in shard["bad"]]
+    if bad:
+        lines.append(f"{len(bad)} bad sample(s) left out:")
+        lines += [f"  {reason:<17} {count}" for reason, count in manifest["bad_samples"].items()]
+        lines += [f"  e.g. {entry[3]}" for entry in bad[:10]]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    args = {}
+    for argument in argv:
+        key, sep, value = argument.partition("=")
+        if not sep or key not in {"in", "images", "out", "shard_size", "on_bad_sample", "progress"}:
+            raise SystemExit(f"unexpected argument {argument!r}\nusage: {USAGE}")
+        args[key] = value
+    missing = {"in", "out"} - set(args)
+    if missing:
+        raise SystemExit(f"missing {', '.join(sorted(missing))}=\nusage: {USAGE}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        manifest = convert(args["in"], args.get("images"), args["out"], int(args.get("shard_size", 1000)),
+                           args.get("on_bad_sample", "skip"), args.get("progress", "true").lower() != "false")
+    except (SampleError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Streaming training data (``data=wds``): webdataset shards (local, or any URL webdataset opens, such as
+``pipe:aws s3 cp s3://bucket/shard-000000.tar -``) and LLaVA JSON files, read as a stream with a shuffle buffer,
+split over ranks and data loader workers, mixed by weight, with a fixed number of batches per epoch.
+
+A source is a sequence of units read in order: a shard, or for a JSON file a run of ``shard_size`` records
+(the records ``llava_pl.data.to_wds`` puts in one shard). Each epoch the units are shuffled by the seed, the
+same on every rank, and dealt out to the ranks' workers; with ``resampled`` each worker instead draws units at
+random, with replacement, forever. Either way every rank yields exactly ``samples_per_epoch / (world size ×
+micro_batch_size)`` micro-batches (rounded up to a multiple of the workers), so no rank waits for another at
+the end of an epoch. A JSON file and the shards converted from it stream the same samples in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from llava_pl.data.bad_samples import BadSampleReport, OnBadSample
+from llava_pl.data.conversation import SampleError, parse_record
+from llava_pl.data.datamodule import LlavaDataModule
+from llava_pl.data.dataset import SampleEncoder
+from llava_pl.data.images import ImageTransform, input_size
+from llava_pl.data.mixture import SourceSpec
+from llava_pl.data.records import MANIFEST, JsonRecords, decode_image_bytes, image_member
+
+log = logging.getLogger(__name__)
+
+Unit = tuple[str, Any]  # ("shard", url) or ("records", (start, stop))
+
+
+@dataclass
+class StreamSource:
+    """One source of a stream: its units, its mixing weight and its size when known."""
+
+    name: str
+    weight: float
+    units: list[Unit]
+    size: int | None
+    records: JsonRecords | None = None
+
+
+def stream_source(spec: SourceSpec, shard_size: int = 1000) -> StreamSource:
+    """Shards: a folder with a manifest, a ``.tar`` path or URL (brace patterns expand), a ``pipe:`` command;
+    otherwise a JSON/JSON Lines file over ``spec.image_folder``."""
+    path = spec.path
+    folder = Path(path)
+    if folder.is_dir() and (folder / MANIFEST).is_file():
+        manifest = json.loads((folder / MANIFEST).read_text())
+        units = [("shard", str(folder / shard["name"])) for shard in manifest["shards"]]
+        return StreamSource(spec.name or folder.name, spec.weight, units, manifest.get("samples"))
+    if path.startswith("pipe:") or ".tar" in path or "://" in path:
+        return StreamSource(spec.name or Path(path.split()[-1] if path.startswith("pipe:") else path).stem,
+                            spec.weight, [("shard", url) for url in braceexpand(path)], spec.samples)
+    records = JsonRecords(path, spec.image_folder)
+    units = [("records", (start, min(start + shard_size, len(records))))
+             for start in range(0, len(records), shard_size)]
+    return StreamSource(spec.name or folder.name, spec.weight, units, len(records), records)
+
+
+def _raise(error: Exception) -> bool:
+    raise error
+
+
+class SampleStream(IterableDataset):
+    """Collated micro-batches from the sources, for one rank; see the module docstring for the order.
+
+    Bad samples are left out of the stream (``on_bad_sample=skip``; the next good sample takes the place in
+    the batch) and listed in the next batch's ``bad_samples``, or raise (``error``).
+    """
+
+    def __init__(
+        self,
+        sources: list[StreamSource],
+        encoder: SampleEncoder,
+        image_transform: ImageTransform,
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        batch_size: int,
+        batches: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        resampled: bool = True,
+        on_bad_sample: OnBadSample = "error",
+        group_by_length: bool = False,
+        length_pool: int = 50,
+    ) -> None:
+        self.sources = sources
+        self.encoder = encoder
+        self.image_transform = image_transform
+        self.image_size = input_size(image_transform.processor)
+        self.collator = collator
+        self.batch_size = batch_size
+        self.batches_per_worker = -(-batches // max(1, num_workers))
+        self.num_workers = num_workers
+        self.rank, self.world_size = rank, world_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.on_bad_sample = on_bad_sample
+        self.group_by_length = group_by_length
+        self.length_pool = length_pool
+        self.epoch = 0
+        self.resume_offset = 0  # batches already trained this epoch before a resume: a fresh draw after them
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * max(1, self.num_workers)
+
+    def _rng(self, *parts: object) -> random.Random:
+        return random.Random(repr((self.seed, self.epoch, *parts)))
+
+    def _units(self, number: int, worker: int, workers: int) -> Iterator[tuple[Unit, int, int]]:
+        """Units for this rank's worker, forever, as ``(unit, keep_every, keep_at)``: when there are fewer units
+        than workers of all ranks, every worker reads all units and keeps every ``keep_every``-th sample."""
+        source = self.sources[number]
+        total, me = self.world_size * workers, self.rank * workers + worker
+        rng = self._rng("units", number, self.rank, worker, self.resume_offset)
+        if self.resampled:
+            while True:
+                yield rng.choice(source.units), 1, 0
+        for passes in range(1 << 62):
+            order = list(source.units)
+            random.Random(repr((self.seed, self.epoch, "order", number, passes))).shuffle(order)
+            if len(order) >= total:
+                yield from ((unit, 1, 0) for unit in order[me::total])
+            else:
+                yield from ((unit, total, me) for unit in order)
+
+    def _raw(self, number: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        """Undecoded samples: ``{"__key__", "json": bytes or record, image members}``, endlessly."""
+        handler = _raise if self.on_bad_sample == "error" else wds.warn_and_continue
+        source = self.sources[number]
+        empty_units = 0
+        for unit, every, at in self._units(number, worker, workers):
+            kind, where = unit
+            if kind == "shard":
+                samples = wds.tarfile_to_samples(handler=handler)(iter([{"url": where}]))
+            else:
+                samples = ({"__key__": f"{i:09d}", "__index__": i} for i in range(*where))
+            produced = False
+            for position, sample in enumerate(samples):
+                if position % every == at:
+                    produced = True
+                    yield sample
+            empty_units = 0 if produced else empty_units + 1
+            if empty_units > 2 * len(source.units) + 2:
+                raise ValueError(f"data source {source.name} yields no samples for rank {self.rank}")
+
+    def _mixed(self, worker: int, workers: int) -> Iterator[tuple[StreamSource, dict[str, Any]]]:
+        streams = [self._raw(number, worker, workers) for number in range(len(self.sources))]
+        # as in a map-style mixture, a weight is how often each sample of its source comes per epoch
+        weights = [source.weight * (source.size or 0) for source in self.sources]
+        rng = self._rng("mix", self.rank, worker, self.resume_offset)
+        while True:
+            pick = rng.choices(range(len(streams)), weights)[0] if len(streams) > 1 else 0
+            yield self.sources[pick], next(streams[pick])
+
+    def _encode(self, source: StreamSource, raw: dict[str, Any]) -> dict[str, Any]:
+        key = raw["__key__"]
+        where = source.records.name if source.records is not None else raw.get("__url__", source.name)
+        if source.records is not None:
+            record = source.records.record(raw["__index__"])
+        else:
+            try:
+                record = json.loads(raw["json"])
+            except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise SampleError(where, key, f"the sample's json does not parse ({error})") from error
+        conversation = parse_record(record, where, int(key) if key.isdigit() else 0)
+        tokens = self.encoder(conversation, where)
+        pixels = []
+        for position, relative in enumerate(conversation.images):
+            if source.records is not None:
+                image = source.records.open_image(raw["__index__"], conversation.sample_id, position, relative)
+            else:
+                member = image_member(position, relative)
+                if member not in raw:
+                    raise SampleError(where, conversation.sample_id, f"no image member {key}.{member}",
+                                      "missing_image")
+                image = decode_image_bytes(raw[member], where, conversation.sample_id, f"{where}:{key}.{member}")
+            with image:
+                pixels.append(self.image_transform(image))
+        pixel_values = torch.stack(pixels) if pixels else torch.zeros(0, 3, *self.image_size)
+        return {"id": conversation.sample_id, "input_ids": torch.tensor(tokens.input_ids),
+                "labels": torch.tensor(tokens.labels), "pixel_values": pixel_values, "source": source.name}
+
+    def _shuffled(self, worker: int, workers: int) -> Iterator[tuple[StreamSource, dict[str, Any]]]:
+        items = self._mixed(worker, workers)
+        if self.shuffle_buffer <= 1:
+            return items
+        rng = self._rng("shuffle", self.rank, worker, self.resume_offset)
+        return wds.filters._shuffle(items, self.shuffle_buffer, max(1, self.shuffle_buffer // 10), rng=rng)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        bad: list[tuple[str, str, str]] = []
+        pending: list[dict[str, Any]] = []
+        produced = 0
+        for source, raw in self._shuffled(worker, workers):
+            try:
+                pending.append(self._encode(source, raw))
+            except SampleError as error:
+                if self.on_bad_sample == "error":
+                    raise
+                bad.append((error.sample_id, error.reason, str(error)))
+                continue
+            for samples in self._ready(pending):
+                batch = self.collator(samples)
+                if bad:
+                    batch["bad_samples"], bad = bad, []
+                batch["sources"] = [sample["source"] for sample in samples]
+                yield batch
+                produced += 1
+                if produced >= self.batches_per_worker:
+                    return
+
+    def _ready(self, pending: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Full micro-batches to emit now, taken out of ``pending``. With ``group_by_length``, once
+        ``length_pool`` batches are pending, each modality sorted by length and cut into batches (leftovers wait)."""
+        if not self.group_by_length:
+            if len(pending) < self.batch_size:
+                return []
+            batch = pending[: self.batch_size]
+            del pending[: self.batch_size]
+            return [batch]
+        if len(pending) < self.batch_size * self.length_pool:
+            return []
+        batches, left = [], []
+        for modality in (True, False):
+            group = sorted((s for s in pending if (s["pixel_values"].shape[0] > 0) == modality),
+                           key=lambda s: s["input_ids"].shape[0])
+            full = len(group) - len(group) % self.batch_size
+            batches += [group[at:at + self.batch_size] for at in range(0, full, self.batch_size)]
+            left += group[full:]
+        self._rng("group", self.rank, len(pending)).shuffle(batches)
+        pending[:] = left
+        return batches
+
+
+class StreamLoader(DataLoader):
+    """The stream's loader; Lightning saves its epoch and position, and a resume continues with a fresh draw
+    seeded by both (streams cannot seek, so not the very samples the interrupted run would have seen)."""
+
+    def __init__(self, stream: SampleStream, batches_done: Callable[[], int], num_workers: int) -> None:
+        super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
+        self.stream = stream
+        self._batches_done = batches_done
+        self._resumed = self._started = False
+
+    def __iter__(self):
+        # one iteration per epoch; after load_state_dict the first one continues the saved epoch
+        if self._resumed:
+            self._resumed = False
+        elif self._started:
+            self.stream.epoch, self.stream.resume_offset = self.stream.epoch + 1, 0
+        self._started = True
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.stream.epoch, "batches_done": self._batches_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self):  # saved at the end of an epoch: resume at the start of the next
+            epoch, done = epoch + 1, 0
+        self.stream.epoch, self.stream.resume_offset = epoch, done
+        self._resumed = True
+
+
+class WdsDataModule(LlavaDataModule):
+    """``data=wds``: the training set streamed (``SampleStream``); validation as in ``LlavaDataModule``.
+
+    Args:
+        train: a source or a list of sources ``{path, image_folder, weight, name, samples}``: shard folders,
+            ``.tar`` paths or URLs (``{000000..000099}`` expands; ``samples`` gives their count), ``pipe:``
+            commands, JSON files. A weight is how often each sample of its source comes per epoch, as in
+            ``llava_pl.data.mixture``; the stream draws each next sample's source with those odds.
+        samples_per_epoch: samples per epoch over all ranks; default the sources' sizes (known for shard folders
+            and JSON files), each times its weight.
+        shuffle_buffer: samples each worker shuffles among (1: no shuffling).
+        resampled: draw units with replacement (the usual choice for several epochs and many ranks) instead of
+            dealing each epoch's shuffled units out.
+        shard_size: a JSON source's records per unit (as ``to_wds`` shards it).
+    """
+
+    def __init__(self, train: str | list, image_folder: str | None, samples_per_epoch: int | None = None,
+                 shuffle_buffer: int = 1000, resampled: bool = True, shard_size: int = 1000,
+                 **kwargs: Any) -> None:
+        super().__init__(train, image_folder, **kwargs)
+        self.samples_per_epoch = samples_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.shard_size = shard_size
+        self.epoch = 0
+
+    def prepare_data(self) -> None:
+        if self.val_path:
+            from llava_pl.data.lengths import cached_scan
+
+            cached_scan(self._dataset(self.val_path, self.image_folder), self.length_cache, self.num_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.bad_samples = BadSampleReport()
+        self.streams = [stream_source(spec, self.shard_size) for spec in self.sources]
+        self.train_set = None  # a stream: nothing to index (sample generations use the validation set)
+        self.val_set, self._val_good = None, None
+        if self.val_path:
+            self.val_set = self._dataset(self.val_path, self.image_folder)
+            self._val_good = self._scan(self.val_set).good
+        total = self.samples_per_epoch
+        unknown = [s.name for s in self.streams if s.size is None]
+        if unknown and (total is None or len(self.streams) > 1):
+            raise ValueError(f"data sources {unknown} have no known sample count: give each a `samples:` entry "
+                             "(or, for a single source, set samples_per_epoch)")
+        if total is None:
+            total = round(sum(s.size * s.weight for s in self.streams))
+        self.total_samples = total
+        rows = [f"  {s.name}: {len(s.units)} unit(s), {s.size if s.size is not None else '?'} samples, "
+                f"weight {s.weight:g}" for s in self.streams]
+        log.info(f"streaming {total} samples per epoch from:\n" + "\n".join(rows))
+
+    def train_samples_per_epoch(self) -> int:
+        return self.total_samples
+
+    @property
+    def source_names(self) -> list[str]:
+        return [stream.name for stream in self.streams]
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_batches_per_epoch(self) -> int:
+        _, world_size = self._rank()
+        batches = max(1, self.total_samples // (world_size * self.micro_batch_size))
+        workers = max(1, self.num_workers)
+        return -(-batches // workers) * workers
+
+    def train_dataloader(self) -> DataLoader:
+        if self._connection is None:
+            raise RuntimeError("WdsDataModule.connect(...) must be called before the data is used")
+        rank, world_size = self._rank()
+        connection = self._connection
+        encoder = SampleEncoder(connection["tokenizer"], connection["template"], connection["tokens_per_image"],
+                                self.max_length)
+        stream = SampleStream(self.streams, encoder, connection["image_transform"], self.collator.collator,
+                              self.micro_batch_size, self.train_batches_per_epoch(), rank, world_size,
+                              self.num_workers, self.seed, self.shuffle_buffer, self.resampled, self.on_bad_sample,
+                              self.group_by_length, self.length_pool)
+        return StreamLoader(stream, self._batches_done, self.num_workers)

@@ -1,0 +1,1 @@
+"""Scaling out: the sharding strategies (FSDP2, DeepSpeed ZeRO) and their checkpoints."""

@@ -1,0 +1,175 @@
+"""Webdataset shards: the converter (manifest, resume, bad-sample report) and the loaders that read shards, by
+position or streamed, giving the same batches as the JSON they came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llava_pl.data.datamodule import LlavaDataModule
+from llava_pl.data.records import ShardRecords
+from llava_pl.data.to_wds import convert, main
+from llava_pl.data.wds import WdsDataModule
+from tests.data_helpers import connect, mixed_records, write_dataset
+
+SHARD_SIZE = 10
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("json")
+    return write_dataset(folder, mixed_records(36))
+
+
+@pytest.fixture(scope="module")
+def shards(source: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False)
+    return out
+
+
+def _batches(module, count: int | None = None) -> list[dict]:
+    module.setup("fit")
+    batches = []
+    for batch in module.train_dataloader():
+        batches.append(batch)
+        if count is not None and len(batches) == count:
+            break
+    return batches
+
+
+def _assert_same(left: list[dict], right: list[dict]) -> None:
+    assert len(left) == len(right) > 0
+    for a, b in zip(left, right):
+        assert a["sample_ids"] == b["sample_ids"]
+        for key in ("input_ids", "labels", "attention_mask", "pixel_values", "images_per_sample"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_converter_writes_manifest_keeps_text_only_and_reports_bad(tmp_path, capsys) -> None:
+    records = mixed_records(12)
+    records.insert(3, {"id": "lost", "image": "img/none.png",
+                       "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]})
+    source = write_dataset(tmp_path / "json", records)
+    (tmp_path / "json" / "img" / "none.png").unlink()
+    (tmp_path / "json" / "img" / "0000.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # corrupt bytes
+    assert main([f"in={source}", f"images={source.parent}", f"out={tmp_path / 'out'}", "shard_size=5",
+                 "progress=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "11 of 13 records in 3 shard(s)" in printed and "missing_image" in printed and "corrupt_image" in printed
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["samples"] == 11 and manifest["records"] == 13
+    assert [shard["samples"] for shard in manifest["shards"]] == [3, 5, 3]
+    assert manifest["bad_samples"] == {"missing_image": 1, "corrupt_image": 1}
+    import hashlib
+    assert manifest["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    shards = ShardRecords(tmp_path / "out")
+    kept = [entry for entry in records if entry["id"] != "lost"][1:]
+    assert [shards.record(i) for i in range(len(shards))] == kept  # the records as they were, in order
+    text_only = [i for i in range(len(shards)) if "image" not in shards.record(i)]
+    assert text_only and all(list(shards.entry(i)[2]) == ["json"] for i in text_only)
+
+
+def test_converter_resumes_where_it_stopped(source: Path, tmp_path) -> None:
+    out = tmp_path / "out"
+    convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    first = out / manifest["shards"][0]["name"]
+    before = first.stat().st_mtime_ns
+    # an interruption while the last shard was written: the manifest does not list it yet
+    last = manifest["shards"].pop()
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / last["name"]).rename(out / (last["name"] + ".partial"))
+    again = convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False)
+    assert again["complete"] and [s["name"] for s in again["shards"]] == sorted(s["name"] for s in again["shards"])
+    assert len(again["shards"]) == 4 and (out / last["name"]).is_file()
+    assert first.stat().st_mtime_ns == before  # finished shards are kept
+    with pytest.raises(ValueError, match="holds shards of another conversion"):
+        convert(source, source.parent, out, shard_size=SHARD_SIZE + 1, progress=False)
+
+
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["shuffled", "grouped"])
+def test_shards_and_json_give_the_same_batches(source, shards, tokenizer, tmp_path, group_by_length) -> None:
+    def module(train):
+        data = LlavaDataModule(str(train), str(source.parent), micro_batch_size=4, num_workers=0, seed=7,
+                               group_by_length=group_by_length, length_cache=str(tmp_path / "cache"))
+        connect(data, tokenizer)
+        return data
+
+    from_json, from_shards = _batches(module(source)), _batches(module(shards))
+    _assert_same(from_json, from_shards)
+    other = LlavaDataModule(str(shards), None, micro_batch_size=4, num_workers=0, seed=8,
+                            group_by_length=group_by_length)
+    connect(other, tokenizer)
+    assert [b["sample_ids"] for b in _batches(other)] != [b["sample_ids"] for b in from_shards]
+
+
+@pytest.mark.parametrize("resampled", [False, True], ids=["dealt", "resampled"])
+def test_streams_of_shards_and_json_give_the_same_batches(source, shards, tokenizer, resampled) -> None:
+    def module(train, seed=3):
+        data = WdsDataModule(str(train), str(source.parent), micro_batch_size=4, num_workers=0, seed=seed,
+                             samples_per_epoch=24, shuffle_buffer=8, resampled=resampled, shard_size=SHARD_SIZE)
+        connect(data, tokenizer)
+        return data
+
+    from_shards = _batches(module(shards))
+    assert len(from_shards) == 6  # samples_per_epoch / micro_batch_size, whatever the data holds
+    _assert_same(_batches(module(source)), from_shards)
+    assert [b["sample_ids"] for b in _batches(module(shards, seed=4))] != [b["sample_ids"] for b in from_shards]
+
+
+def test_stream_reads_pipe_urls_and_splits_over_ranks_and_workers(shards, tokenizer) -> None:
+    names = sorted(path.name for path in shards.glob("*.tar"))
+    pattern = f"pipe:cat {shards}/{names[0][:-10]}{{000000..{len(names) - 1:06d}}}.tar"
+    seen = {}
+    for rank in (0, 1):
+        data = WdsDataModule(pattern, None, micro_batch_size=2, num_workers=2, samples_per_epoch=16,
+                             shuffle_buffer=1, resampled=False)
+        connect(data, tokenizer)
+        data.setup("fit")
+        data._rank = lambda rank=rank: (rank, 2)  # as under DDP with two ranks
+        loader = data.train_dataloader()
+        batches = list(loader)
+        assert len(batches) == len(loader) == 4  # 16 samples / (2 ranks x 2 per batch), the same on both ranks
+        seen[rank] = [sample_id for batch in batches for sample_id in batch["sample_ids"]]
+    # four shards dealt to 2 ranks x 2 workers: each worker reads its own shard (ids never span two shards)
+    assert len(names) == 4 and set(seen[0]).isdisjoint(seen[1])
+
+
+def test_mixture_of_sources_by_weight_with_counts(source, shards, tokenizer, tmp_path) -> None:
+    other = write_dataset(tmp_path / "chat", mixed_records(8, seed=5, text_every=1), "chat.json")  # text-only chat
+    train = [{"path": str(shards), "weight": 1.0, "name": "mix"},
+             {"path": str(other), "image_folder": str(other.parent), "weight": 1.5, "name": "chat"}]
+    data = LlavaDataModule(train, None, micro_batch_size=4, num_workers=0)
+    connect(data, tokenizer)
+    data.setup("fit")
+    assert data.train_set.plan["mix"]["per_epoch"] == 36 and data.train_set.plan["chat"]["per_epoch"] == 12
+    assert data.source_names == ["mix", "chat"]
+    drawn = data.train_set.epoch_indices
+    assert sum(index >= 36 for index in drawn) == 12 and len(set(i for i in drawn if i >= 36)) == 8
+    sources = [s for batch in data.train_dataloader() for s in batch["sources"]]
+    assert sources.count("chat") == 12 and sources.count("mix") == 36
+
+    stream = WdsDataModule(train, None, micro_batch_size=4, num_workers=0, samples_per_epoch=400, shuffle_buffer=4)
+    connect(stream, tokenizer)
+    streamed = [s for batch in _batches(stream) for s in batch["sources"]]
+    assert len(streamed) == 400 and 0.2 < streamed.count("chat") / streamed.count("mix") < 0.45  # 12 : 36
+
+
+def test_shards_read_by_loader_workers_match_the_main_process(shards, tokenizer) -> None:
+    def module(workers):
+        data = LlavaDataModule(str(shards), None, micro_batch_size=4, num_workers=workers, seed=2)
+        connect(data, tokenizer)
+        return data
+
+    alone = module(0)
+    batches = _batches(alone)
+    forked = module(2)
+    forked.setup("fit")
+    forked.train_set[0]  # files opened here before the workers fork must not be shared with them
+    _assert_same([batch for batch in forked.train_dataloader()], batches)
