@@ -93,3 +93,15 @@ def test_lengths_are_token_accurate_and_cached(dataset, tmp_path, monkeypatch) -
     dataset.max_length = 60  # another limit: other lengths, measured anew
     with pytest.raises(AssertionError, match="measured again"):
         cached_scan(dataset, tmp_path / "cache")
+
+
+def test_a_cached_bad_sample_is_checked_again_once_mended(dataset, tmp_path) -> None:
+    image = tmp_path / "data" / "img" / "0000.png"
+    kept = image.read_bytes()
+    image.unlink()
+    missing = cached_scan(dataset, tmp_path / "cache")
+    assert [entry[0] for entry in missing.bad] == [0] and missing.lengths[0] == 0
+    assert [entry[0] for entry in cached_scan(dataset, tmp_path / "cache").bad] == [0]  # still missing
+    image.write_bytes(kept)
+    mended = cached_scan(dataset, tmp_path / "cache")
+    assert mended.bad == [] and mended.lengths[0] > 0

@@ -9,36 +9,13 @@ import csv
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from lightning.pytorch.callbacks import Callback
 
 from llava_pl.model.llm import causal_lm_from_pretrained, load_tokenizer
 from llava_pl.train import run
 from tests.conftest import skip_unless_installed
-
-CHANGED: dict[str, bool] = {}  # part → whether any of its weights changed during fit (in-process runs)
-TRAINABLE: dict[str, int] = {}  # part → how many of its parameters required gradients
-
-
-class WatchWeights(Callback):
-    """Records which parts' weights training changed: a copy at the start of fit, compared at its end."""
-
-    parts = ("vision", "projector", "llm")
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.before = {part: [p.detach().clone() for p in getattr(pl_module.model, part).parameters()]
-                       for part in self.parts}
-        TRAINABLE.update({part: sum(p.requires_grad for p in getattr(pl_module.model, part).parameters())
-                          for part in self.parts})
-
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        for part in self.parts:
-            after = getattr(pl_module.model, part).parameters()
-            CHANGED[part] = any(not torch.equal(old, new.detach()) for old, new in zip(self.before[part], after))
-
+from tests.weight_watch import CHANGED, TRAINABLE
 
 def test_a_missing_gguf_package_is_named_with_its_install_command(monkeypatch) -> None:
     real_find_spec = importlib.util.find_spec
@@ -65,7 +42,7 @@ def test_shapes_smollm2_trains_the_projector_of_a_frozen_real_llm(compose_config
         "data.prepare.0.n_test=120",
         "stage.align.max_steps=24", "stage.align.micro_batch_size=8", "stage.align.global_batch_size=8",
         "evaluation.max_new_tokens=10",
-        "+callbacks.watch._target_=tests.test_smollm2.WatchWeights",
+        "+callbacks.watch._target_=tests.weight_watch.WatchWeights",
         shapes=False,
     )
     results = run(cfg)
@@ -81,9 +58,11 @@ def test_shapes_smollm2_trains_the_projector_of_a_frozen_real_llm(compose_config
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.7 * first, losses
 
-    # the evaluation captions one-shape images with and without them, and writes its table
+    # the evaluation shows one-shape images with and without them, captioned and asked, and writes its table
+    assert list(results) == ["caption", "question"]
     row = results["caption"]
-    assert row["n"] > 20 and 0 < row["chance"] < 0.5
+    assert row["n"] > 20 and 0 < row["chance"] < 0.5 and results["question"]["n"] == row["n"]
     assert json.loads((run_dir / "color_naming_eval.json").read_text()) == results
     predictions = [json.loads(line) for line in (run_dir / "color_naming_predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == row["n"] and all(p["prediction"] for p in predictions)
+    assert sorted(p["probe"] for p in predictions) == ["caption"] * row["n"] + ["question"] * row["n"]
+    assert all(p["prediction"] for p in predictions if p["probe"] == "caption")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +173,7 @@ class LlavaDataset(Dataset):
                                   "missing_image")
         return len(tokens.input_ids), bool(conversation.images)
 
-    def scan(self, indices: range | None = None) -> ScanResult:
+    def scan(self, indices: Sequence[int] | None = None) -> ScanResult:
         """Checks and measures the records at ``indices`` (all by default), whatever ``on_bad_sample`` says."""
         indices = indices if indices is not None else range(len(self))
         lengths = np.zeros(len(indices), dtype=np.int32)

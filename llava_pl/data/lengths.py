@@ -97,7 +97,11 @@ def cached_scan(dataset: LlavaDataset, cache_dir: str | os.PathLike | None, work
     """``scan(dataset)``, read from ``cache_dir`` when an earlier run already did it (``None``: no cache)."""
     path = Path(cache_dir) / f"{cache_key(dataset)}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
-        return _load(path)
+        cached = _load(path)
+        # A bad sample may have been mended since (an image put in place): check those again, and measure
+        # everything again if any of them changed.
+        if not cached.bad or dataset.scan([entry[0] for entry in cached.bad]).bad == cached.bad:
+            return cached
     log.info(f"measuring {len(dataset)} samples of {dataset.path} (token-accurate lengths, bad-sample check)")
     result = scan(dataset, workers)
     if path is not None:
