@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def _chat(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_streamed_mixture_trains_and_counts(compose_config, data_dir, tmp_path, capsys) -> None:
+def test_streamed_mixture_trains_and_counts(compose_config, data_dir, tmp_path, caplog) -> None:
     shapes = data_dir / "shapes"
     convert(shapes / "instruct_train.json", shapes / "images", tmp_path / "shards", shard_size=16, progress=False)
     chat = _chat(tmp_path / "chat")
@@ -42,12 +43,13 @@ def test_streamed_mixture_trains_and_counts(compose_config, data_dir, tmp_path, 
                f"{{path: '{chat}', image_folder: '{chat.parent}', weight: 10, name: chat}}]")
     cfg = compose_config(*COMMON, "data=wds", f"data.sets.finetune.train={sources}",
                          "data.sets.finetune.samples_per_epoch=64", "data.shuffle_buffer=8", shapes=False)
-    run(cfg)
+    with caplog.at_level(logging.INFO, logger="llava_pl.data.counts"):
+        run(cfg)
     metrics = _metrics(tmp_path / "run")
     assert metrics["data/samples/shapes"] > 0 and metrics["data/samples/chat"] > 0
     assert metrics["data/samples/shapes"] + metrics["data/samples/chat"] <= 3 * 8
     assert metrics["data/bad_samples/corrupt_image"] >= 1
-    summary = capsys.readouterr().out
+    summary = caplog.text
     assert "data summary:" in summary and "corrupt_image" in summary and "sample corrupt-1" in summary
 
 

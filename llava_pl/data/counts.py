@@ -86,4 +86,3 @@ class DataCounts(Callback):
         report.counts.update({reason: int(metrics.get(f"data/bad_samples/{reason}", 0)) for reason in REASONS})
         summary = "data summary:\n" + "\n".join(lines) + "\n" + report.summary("bad samples (all ranks)")
         log.info(summary)
-        print(summary)
