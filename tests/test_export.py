@@ -20,6 +20,7 @@ from llava_pl.export import ExportError, export, to_hf_llava
 from llava_pl.generate import prompt_ids
 from llava_pl.lora import apply_lora
 from llava_pl.model.build import build_model
+from llava_pl.predict import predict
 from tests.conftest import CONF_DIR
 
 
@@ -119,14 +120,15 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
     questions.write_text(json.dumps([{"question_id": "q1", "image": image.name, "text": "What color is it?"},
                                      {"question_id": "q2", "image": image.name, "text": "How many shapes?"}]))
     for model_path in (checkpoint, exported):
+        single_args = {"model": str(model_path), "image": str(image), "prompt": "What color is the circle?",
+                       "max_new_tokens": 4}
         single = subprocess.run(
-            [sys.executable, "-m", "llava_pl.predict", f"model={model_path}", f"image={image}",
-             "prompt=What color is the circle?", "max_new_tokens=4"],
+            [sys.executable, "-m", "llava_pl.predict", *(f"{key}={value}" for key, value in single_args.items())],
             cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300,
         )
         assert single.returncode == 0, single.stderr[-2000:]
-        # One answer line (a barely trained model may answer with an empty string).
-        assert single.stdout.count("\n") == 1, single.stdout
+        # exactly the model's own greedy answer, on one line (a barely trained model may answer with "")
+        assert single.stdout == predict(single_args)[0]["answer"] + "\n", single.stdout
         out = tmp_path / f"answers_{model_path.name}.json"
         batch = subprocess.run(
             [sys.executable, "-m", "llava_pl.predict", f"model={model_path}", f"questions={questions}",
