@@ -78,6 +78,13 @@ class ResumableSampler(Sampler[int]):
         return iter(self.share()[start:])
 
 
+def resume_position(state: dict[str, int], batches_per_epoch: int) -> tuple[int, int]:
+    """The (epoch, batches done) a loader saved as ``state`` resumes at: a save at the end of an epoch resumes at
+    the start of the next."""
+    epoch, done = state["epoch"], state["batches_done"]
+    return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose position Lightning saves in checkpoints and restores on resume.
 
@@ -96,7 +103,5 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches_done": self._batches_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
-        if done >= len(self):  # saved at the end of an epoch: resume at the start of the next
-            epoch, done = epoch + 1, 0
+        epoch, done = resume_position(state, len(self))
         self.sampler.start_at(epoch, done * self.batch_size)

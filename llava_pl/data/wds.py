@@ -32,6 +32,7 @@ from llava_pl.data.dataset import SampleEncoder
 from llava_pl.data.images import ImageTransform, input_size
 from llava_pl.data.mixture import SourceSpec
 from llava_pl.data.records import MANIFEST, JsonRecords, decode_image_bytes, image_member
+from llava_pl.data.sampler import resume_position
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +272,7 @@ class StreamLoader(DataLoader):
         return {"epoch": self.stream.epoch, "batches_done": self._batches_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
-        if done >= len(self):  # saved at the end of an epoch: resume at the start of the next
-            epoch, done = epoch + 1, 0
-        self.stream.epoch, self.stream.resume_offset = epoch, done
+        self.stream.epoch, self.stream.resume_offset = resume_position(state, len(self))
         self._resumed = True
 
 
