@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -79,9 +80,14 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
 
 
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type[nn.Module]) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def _accepts_logits_to_keep(llm: nn.Module) -> bool:
     base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # a peft model passes it through
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    return _forward_takes_logits_to_keep(type(base))  # once per class, not once per step
 
 
 class LlavaModel(nn.Module):
