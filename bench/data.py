@@ -1,6 +1,7 @@
 """Data loading throughput: samples per second of one loader worker (one process, one core) at 336 px with
 LLaVA-1.5's pad-to-square, from a JSON file over an image folder and from webdataset shards (read by position
-and streamed), on synthetic COCO-sized JPEGs and LLaVA-Instruct-like conversations.
+and streamed; holding the JPEGs, or the images pre-resized at conversion), on synthetic COCO-sized JPEGs and
+LLaVA-Instruct-like conversations.
 
     nice python bench/data.py [samples=400] [write=true]
 
@@ -9,6 +10,7 @@ The figures go into BENCHMARKS.md under "## Data loading" (the section is replac
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ from transformers import CLIPImageProcessor  # noqa: E402
 
 from data.tokenizer import build_demo_tokenizer  # noqa: E402
 from llava_pl.data.datamodule import LlavaDataModule  # noqa: E402
+from llava_pl.data.images import ImageTransform  # noqa: E402
 from llava_pl.data.templates import ChatTemplate  # noqa: E402
 from llava_pl.data.to_wds import convert  # noqa: E402
 from llava_pl.data.wds import WdsDataModule  # noqa: E402
@@ -77,11 +80,23 @@ def make_data(folder: Path, count: int) -> Path:
     return path
 
 
+def clip_processor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
+                              image_mean=[0.48145466, 0.4578275, 0.40821073],
+                              image_std=[0.26862954, 0.26130258, 0.27577711])
+
+
 def connect(module, tokenizer) -> None:
-    processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                                   image_mean=[0.48145466, 0.4578275, 0.40821073],
-                                   image_std=[0.26862954, 0.26130258, 0.27577711])
-    module.connect(tokenizer, ChatTemplate(), processor, TOKENS_PER_IMAGE)
+    module.connect(tokenizer, ChatTemplate(), clip_processor(), TOKENS_PER_IMAGE)
+
+
+def conversion(source: Path, out: Path, transform: ImageTransform | None) -> tuple[float, float]:
+    """``(CPU ms, KiB of shards)`` per sample of converting ``source`` into ``out``."""
+    start = time.process_time()
+    manifest = convert(source, source.parent / "images", out, shard_size=100, progress=False, transform=transform)
+    cpu = time.process_time() - start
+    size = sum(path.stat().st_size for path in out.glob("*.tar"))
+    return 1000 * cpu / manifest["samples"], size / 1024 / manifest["samples"]
 
 
 def rate(module, samples: int, repeats: int = 2) -> tuple[float, float]:
@@ -100,24 +115,75 @@ def rate(module, samples: int, repeats: int = 2) -> tuple[float, float]:
     return wall, cpu
 
 
+STEPS = {False: ("read + decode", "pad + resize + normalise", "template + tokenize"),
+         True: ("read the pixels (.npy)", "normalise", "template + tokenize")}
+
+
 def breakdown(module, count: int = 100) -> dict[str, float]:
     """CPU milliseconds per sample of each step, over the first ``count`` samples."""
     dataset = module.train_set.datasets[0]
     transform = dataset.image_transform
-    times = dict.fromkeys(("read + decode", "pad + resize + normalise", "template + tokenize"), 0.0)
+    preprocessed = dataset.source.preprocessing is not None
+    read, process, tokenize = STEPS[preprocessed]
+    times = dict.fromkeys((read, process, tokenize), 0.0)
+    count = min(count, len(dataset))
     for index in range(count):
         start = time.process_time()
         conversation = dataset.conversation(index)
         dataset.encoder(conversation, dataset.path)
         encoded = time.process_time()
-        with dataset.open_image(index, conversation, 0) as image:
+        if preprocessed:
+            pixels = dataset.source.open_pixels(index, conversation.sample_id, 0)
             decoded = time.process_time()
-            transform(image)
+            transform.normalise(pixels)
+        else:
+            with dataset.open_image(index, conversation, 0) as image:
+                decoded = time.process_time()
+                transform(image)
         done = time.process_time()
-        times["template + tokenize"] += encoded - start
-        times["read + decode"] += decoded - encoded
-        times["pad + resize + normalise"] += done - decoded
+        times[tokenize] += encoded - start
+        times[read] += decoded - encoded
+        times[process] += done - decoded
     return {name: 1000 * value / count for name, value in times.items()}
+
+
+def _png(pixels: np.ndarray, level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def _npy(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, pixels, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+def storage_formats(module, count: int = 40) -> dict[str, tuple[float, float]]:
+    """``{format: (KiB per image, CPU ms to read it back into an array)}`` of the first ``count`` pre-resized
+    images, as stored (``.npy``) and as lossless PNG."""
+    dataset = module.train_set.datasets[0]
+    arrays = [dataset.source.open_pixels(index, "", 0) for index in range(min(count, len(dataset)))]
+    formats = {".npy (stored)": (_npy, lambda data: np.load(io.BytesIO(data)))}
+    formats.update({f"PNG, compress_level={level}": (lambda pixels, level=level: _png(pixels, level), _read_png)
+                    for level in (1, 6)})
+    result = {}
+    for name, (encode, decode) in formats.items():
+        blobs = [encode(pixels) for pixels in arrays]
+        assert all(np.array_equal(decode(blob), pixels) for blob, pixels in zip(blobs, arrays))  # lossless
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            for blob in blobs:
+                decode(blob)
+            best = min(best, time.process_time() - start)
+        result[name] = (sum(map(len, blobs)) / len(blobs) / 1024, 1000 * best / len(blobs))
+    return result
 
 
 def write_section(text: str) -> None:
@@ -140,7 +206,9 @@ def main(argv: list[str]) -> None:
         folder = Path(tmp)
         source = make_data(folder, samples)
         tokenizer = load_tokenizer(str(build_demo_tokenizer(folder / "tokenizer", folder / "corpus.txt")))
-        convert(source, folder / "images", folder / "shards", shard_size=100, progress=False)
+        converted = {"JPEGs as they are": conversion(source, folder / "shards", None),
+                     f"pre-resized to {SIZE} px (.npy)": conversion(source, folder / "resized",
+                                                                      ImageTransform(clip_processor()))}
         kinds = {
             "JSON + image folder": LlavaDataModule(str(source), str(folder / "images"), micro_batch_size=BATCH,
                                                    num_workers=0, max_length=2048),
@@ -149,6 +217,11 @@ def main(argv: list[str]) -> None:
             "shards, streamed (data=wds)": WdsDataModule(str(folder / "shards"), None, micro_batch_size=BATCH,
                                                          num_workers=0, max_length=2048, shuffle_buffer=100,
                                                          samples_per_epoch=samples),
+            "shards, pre-resized at conversion, read by position": LlavaDataModule(
+                str(folder / "resized"), None, micro_batch_size=BATCH, num_workers=0, max_length=2048),
+            "shards, pre-resized at conversion, streamed": WdsDataModule(
+                str(folder / "resized"), None, micro_batch_size=BATCH, num_workers=0, max_length=2048,
+                shuffle_buffer=100, samples_per_epoch=samples),
         }
         reference = LlavaDataModule(str(source), str(folder / "images"), micro_batch_size=BATCH, num_workers=0,
                                     max_length=2048)
@@ -160,16 +233,26 @@ def main(argv: list[str]) -> None:
             if module is not reference:
                 connect(module, tokenizer)
             results[name] = rate(module, samples)
-            print(f"{name:<30} {results[name][0]:7.1f} samples/s, {results[name][1]:7.1f} per CPU second")
+            print(f"{name:<55} {results[name][0]:7.1f} samples/s, {results[name][1]:7.1f} per CPU second")
         image_bytes = sum(p.stat().st_size for p in (folder / "images").iterdir()) / samples
         parts = breakdown(kinds["JSON + image folder"])
+        resized_parts = breakdown(kinds["shards, pre-resized at conversion, read by position"])
+        formats = storage_formats(kinds["shards, pre-resized at conversion, read by position"])
     rows = "\n".join(f"| {name} | {cpu:.0f} | {wall:.0f} |" for name, (wall, cpu) in results.items())
-    steps = "\n".join(f"| {name} | {value:.1f} |" for name, value in parts.items())
+    steps = "\n".join(f"| {name} | {value:.1f} | {resized_name} | {resized:.1f} |"
+                      for (name, value), (resized_name, resized) in zip(parts.items(), resized_parts.items()))
+    conversions = "\n".join(f"| {name} | {cpu:.1f} | {size:.0f} |" for name, (cpu, size) in converted.items())
+    stored = "\n".join(f"| {name} | {size:.0f} | {read:.2f} |" for name, (size, read) in formats.items())
     ratio = results["JSON + image folder"][1] / results["JSON + image folder, image processor's own code"][1]
+    growth = converted[f"pre-resized to {SIZE} px (.npy)"][1] / converted["JPEGs as they are"][1]
     print(steps)
+    print(conversions)
+    print(stored)
     load = os.getloadavg()[0]
-    best = max(cpu for _, cpu in results.values())
-    verdict = ("reached" if best >= 150 else "not reached") + f" on this machine ({best:.0f} at best)"
+    best = max(cpu for name, (_, cpu) in results.items() if "pre-resized" not in name)
+    resized = min(cpu for name, (_, cpu) in results.items() if "pre-resized" in name)
+    verdict = ("reached" if resized >= 150 else "not reached") + f" on this machine: {resized:.0f} samples per " \
+        f"CPU second from pre-resized shards (the slower of their two readers), {best:.0f} at best from JPEGs"
     text = f"""## Data loading
 
 `nice python bench/data.py samples={samples}` on {platform.machine()} ({os.cpu_count()} cores, load average
@@ -186,17 +269,36 @@ micro-batches of {BATCH}. Measured {time.strftime('%Y-%m-%d')}, best of two pass
 |---|---|---|
 {rows}
 
-CPU time per sample of each step (JSON + image folder, first 100 samples):
+CPU time per sample of each step (first 100 samples; JSON + image folder, and shards pre-resized at conversion):
 
-| step | CPU ms per sample |
-|---|---|
+| step | CPU ms per sample | step, pre-resized | CPU ms per sample |
+|---|---|---|---|
 {steps}
 
 The resize of the padded 640 × 640 image to 336 × 336 (PIL's bicubic filter, which CLIP's processor uses) is the
-largest single cost. The target of 150 samples/s per worker on one core was {verdict}; a
-busy machine slows even the CPU time of a process, so figures measured under load are a lower bound. The three sources differ by less than this
-machine's run-to-run noise (another run ordered them the other way); the cheaper image path is worth
-{ratio:.1f}× against the image processor's own code in the same process. For scale: LLaVA-1.5 reports about one day on one 8-GPU node for both stages of
+largest single cost of the JPEG path; shards converted with `vision=` (`python -m llava_pl.data.to_wds ...
+vision=clip-vit-l-14-336`) hold each image already padded, resized and cropped, as {SIZE} × {SIZE} × 3 uint8
+`.npy`, so a worker only reads and normalises them, with the very same pixel tensors. The conversion pays the
+resize once instead:
+
+| shards holding | conversion CPU ms per sample | KiB of shards per sample |
+|---|---|---|
+{conversions}
+
+The pixels take {growth:.1f}× these JPEGs' room ({SIZE} × {SIZE} × 3 bytes whatever the photo; COCO's own JPEGs
+average about 155 KiB, about half of it). Lossless PNG takes less room but costs more CPU to read back (compare
+"read + decode" of the JPEGs above; first 40 images):
+
+| pixels stored as | KiB per image | CPU ms to read back into an array |
+|---|---|---|
+{stored}
+
+The target of 150 samples/s per worker on one core was {verdict}; a
+busy machine slows even the CPU time of a process, so figures measured under load are a lower bound. Without the
+image work what remains is mostly the template and tokenizer, and for the stream reading each tar member in
+Python and the shuffle buffer. The three JPEG sources differ by less than this machine's run-to-run noise
+(another run ordered them the other way); the cheaper image path is worth {ratio:.1f}× against the image
+processor's own code in the same process. For scale: LLaVA-1.5 reports about one day on one 8-GPU node for both stages of
 its 13B model (558K + 665K samples), about 2 samples/s per GPU on average, so `data.num_workers: 4` per GPU leaves
 a wide margin even at these rates.
 """

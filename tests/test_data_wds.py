@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from transformers import CLIPImageProcessor
 
 from llava_pl.data.datamodule import LlavaDataModule
-from llava_pl.data.records import ShardRecords
+from llava_pl.data.images import ImageTransform
+from llava_pl.data.conversation import SampleError
+from llava_pl.data.records import ShardRecords, decode_pixels
 from llava_pl.data.to_wds import convert, main
 from llava_pl.data.wds import WdsDataModule
-from tests.data_helpers import connect, mixed_records, write_dataset
+from tests.data_helpers import connect, mixed_records, transform, write_dataset
 
 SHARD_SIZE = 10
 
@@ -173,3 +177,121 @@ def test_shards_read_by_loader_workers_match_the_main_process(shards, tokenizer)
     forked.setup("fit")
     forked.train_set[0]  # files opened here before the workers fork must not be shared with them
     _assert_same([batch for batch in forked.train_dataloader()], batches)
+
+
+# images pre-processed at conversion (to_wds vision=...): the readers only normalise them
+
+
+@pytest.fixture(scope="module")
+def preprocessed(source: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("preprocessed")
+    convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False, transform=transform())
+    return out
+
+
+def test_converter_stores_preprocessed_pixels(shards, preprocessed) -> None:
+    manifest = json.loads((preprocessed / "manifest.json").read_text())
+    made_for = {"size": [16, 16], "aspect": "pad", "fill": [123, 117, 104], "resize": {"shortest_edge": 16},
+                "resample": "bicubic", "crop": [16, 16]}
+    assert manifest["preprocessing"] == made_for
+    shards, images = ShardRecords(preprocessed), ShardRecords(shards)
+    assert [shards.record(i) for i in range(len(shards))] == [images.record(i) for i in range(len(images))]
+    with_image = [i for i in range(len(shards)) if "image" in shards.record(i)]
+    assert with_image and all(sorted(shards.entry(i)[2]) == ["img0.npy", "json", "preprocessing.json"]
+                              for i in with_image)
+    pixels = shards.open_pixels(with_image[0], "s0", 0)
+    assert pixels.dtype == np.uint8 and pixels.shape == (16, 16, 3)
+    relative = shards.record(with_image[0])["image"]
+    with images.open_image(with_image[0], "s0", 0, relative) as image:
+        assert np.array_equal(pixels, transform().pixels(image))
+    with pytest.raises(SampleError, match="pixels do not load") as error:
+        decode_pixels(b"not an array", "shards", "s0", "shard.tar:000000001.img0.npy")
+    assert error.value.reason == "corrupt_image"
+
+
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["shuffled", "grouped"])
+def test_preprocessed_shards_give_the_json_batches(source, preprocessed, tokenizer, tmp_path,
+                                                   group_by_length) -> None:
+    def module(train):
+        data = LlavaDataModule(str(train), str(source.parent), micro_batch_size=4, num_workers=0, seed=7,
+                               group_by_length=group_by_length, length_cache=str(tmp_path / "cache"))
+        connect(data, tokenizer)
+        return data
+
+    _assert_same(_batches(module(source)), _batches(module(preprocessed)))  # pixels bit for bit
+
+
+@pytest.mark.parametrize("resampled", [False, True], ids=["dealt", "resampled"])
+def test_streamed_preprocessed_shards_give_the_json_batches(source, preprocessed, tokenizer, resampled) -> None:
+    names = sorted(path.name for path in preprocessed.glob("*.tar"))
+    url = f"pipe:cat {preprocessed}/{names[0][:-10]}{{000000..{len(names) - 1:06d}}}.tar"  # no manifest
+
+    def module(train):
+        data = WdsDataModule(train, str(source.parent), micro_batch_size=4, num_workers=0, seed=3,
+                             samples_per_epoch=24, shuffle_buffer=8, resampled=resampled, shard_size=SHARD_SIZE)
+        connect(data, tokenizer)
+        return data
+
+    from_json = _batches(module(str(source)))
+    _assert_same(from_json, _batches(module(str(preprocessed))))
+    _assert_same(from_json, _batches(module(url)))
+
+
+def test_preprocessed_shards_refuse_another_image_transform(source, preprocessed, tokenizer) -> None:
+    larger = LlavaDataModule(str(preprocessed), None, micro_batch_size=4, num_workers=0)
+    connect(larger, tokenizer, size=24)
+    with pytest.raises(ValueError, match=rf"{preprocessed} holds images pre-processed for .*differ in size, resize, "
+                                         "crop"):
+        larger.setup("fit")
+    stretched = LlavaDataModule(str(preprocessed), None, micro_batch_size=4, num_workers=0, image_aspect="resize")
+    connect(stretched, tokenizer)
+    with pytest.raises(ValueError, match="differ in aspect, fill"):
+        stretched.setup("fit")
+
+    streamed = WdsDataModule(str(preprocessed), None, micro_batch_size=4, num_workers=0, samples_per_epoch=8)
+    connect(streamed, tokenizer, size=24)
+    with pytest.raises(ValueError, match=rf"{preprocessed} holds images pre-processed for .*differ in size"):
+        _batches(streamed)
+    url = str(sorted(preprocessed.glob("*.tar"))[0])  # a shard without its manifest: each sample says
+    streamed = WdsDataModule(url, None, micro_batch_size=4, num_workers=0, samples_per_epoch=8)
+    connect(streamed, tokenizer, size=24)
+    with pytest.raises(ValueError, match=rf"{url} holds images pre-processed for .*differ in size"):
+        _batches(streamed)
+
+
+def test_preprocessing_conversion_resumes_and_refuses_other_settings(source, tmp_path) -> None:
+    out = tmp_path / "out"
+    convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False, transform=transform())
+    manifest = json.loads((out / "manifest.json").read_text())
+    last = manifest["shards"].pop()
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / last["name"]).unlink()
+    again = convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False, transform=transform())
+    assert again["complete"] and len(again["shards"]) == 4 and again["preprocessing"] == manifest["preprocessing"]
+    assert (out / last["name"]).is_file()
+    for other in (None, transform(24)):
+        with pytest.raises(ValueError, match="holds shards of another conversion"):
+            convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False, transform=other)
+
+
+def test_converter_command_line_takes_a_vision_preset(source, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main([f"in={source}", f"images={source.parent}", f"out={out}", "vision=tiny_clip", "image_aspect=resize",
+                 "model.vision.image_processor.size.shortest_edge=56", "progress=false"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preprocessing"] == {"size": [48, 48], "aspect": "resize", "fill": None,
+                                         "resize": {"shortest_edge": 56}, "resample": "bicubic", "crop": [48, 48]}
+    assert "images pre-processed for" in capsys.readouterr().out
+    assert main([f"in={source}", f"out={tmp_path / 'x'}", "vision=no-such-preset"]) == 1
+    assert "no vision preset 'no-such-preset'" in capsys.readouterr().err
+
+    class Shifted(CLIPImageProcessor):  # a processor llava_pl does not reproduce: no pixels can be computed ahead
+        def __call__(self, *args, **kwargs):
+            result = super().__call__(*args, **kwargs)
+            result["pixel_values"] = result["pixel_values"] + 1
+            return result
+
+    shifted = ImageTransform(Shifted(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}))
+    with pytest.raises(ValueError, match="does not reproduce"):
+        convert(source, source.parent, tmp_path / "y", progress=False, transform=shifted)

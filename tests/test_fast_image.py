@@ -42,3 +42,31 @@ def test_processors_it_does_not_reproduce_keep_their_own_code() -> None:
     processor = Shifted(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     assert fast_processing(processor) is None
     assert ImageTransform(processor).fast is None
+
+
+@pytest.mark.parametrize("processor", [
+    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+    SiglipImageProcessor(size={"height": 384, "width": 384}),
+    CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
+], ids=["clip-336", "siglip-384", "clip-crop"])
+@pytest.mark.parametrize("aspect", ["pad", "resize"])
+def test_pixels_computed_ahead_normalise_to_the_same_tensor(processor, aspect) -> None:
+    transform = ImageTransform(processor, aspect)
+    height, width = transform.preprocessing()["size"]
+    rng = np.random.default_rng(2)
+    for shape in ((480, 640, 3), (300, 200, 3)):
+        image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        pixels = transform.pixels(image)
+        assert pixels.dtype == np.uint8 and pixels.shape == (height, width, 3)
+        assert torch.equal(transform.normalise(pixels), transform(image))  # bit for bit
+
+
+def test_preprocessing_names_every_step() -> None:
+    clip = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    assert ImageTransform(clip).preprocessing() == {
+        "size": [32, 32], "aspect": "pad", "fill": [123, 117, 104], "resize": {"shortest_edge": 40},
+        "resample": "bicubic", "crop": [32, 32]}
+    siglip = SiglipImageProcessor(size={"height": 24, "width": 24}, resample=Image.Resampling.BILINEAR)
+    assert ImageTransform(siglip, "resize").preprocessing() == {
+        "size": [24, 24], "aspect": "resize", "fill": None, "resize": {"height": 24, "width": 24},
+        "resample": "bilinear", "crop": None}

@@ -65,7 +65,7 @@ def pick_samples(dataset: LlavaDataset, count: int) -> list[SampleInput]:
             continue  # a bad sample (data.on_bad_sample=skip leaves it out of training too)
         user = next(message for message in conversation.messages if message.role == "user")
         reference = next(message for message in conversation.messages if message.role == "assistant")
-        pixels = dataset.image_transform(image) if image is not None else None
+        pixels = dataset.image_tensor(index, conversation, 0) if image is not None else None
         samples.append(SampleInput(conversation.sample_id, path, user.content.replace(IMAGE_PLACEHOLDER, "").strip(),
                                    reference.content.strip(), pixels, image))
     return samples

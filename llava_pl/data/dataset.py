@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from llava_pl.constants import IGNORE_INDEX
 from llava_pl.data.bad_samples import BadSampleReport, OnBadSample, check_policy
 from llava_pl.data.conversation import Conversation, SampleError, parse_record
-from llava_pl.data.images import ImageTransform, input_size
+from llava_pl.data.images import ImageTransform, check_preprocessing, input_size
 from llava_pl.data.records import JsonRecords, RecordSource, open_source
 from llava_pl.data.templates import Template
 from llava_pl.data.tokenization import TokenizedSample, tokenize_segments
@@ -93,6 +93,9 @@ class LlavaDataset(Dataset):
     ``{"id", "bad": (reason, message)}`` instead, which the collator drops and counts. ``scan()`` finds every
     other kind of bad sample ahead of training, so that samplers never draw them.
 
+    Shards whose images were pre-processed at conversion skip decoding and resizing; they must have been made
+    for this ``image_transform`` (else ``ValueError``).
+
     Args:
         path: a LLaVA JSON/JSON Lines file, or a folder of shards written by ``llava_pl.data.to_wds``.
         image_folder: the folder the JSON's image paths are relative to (unused for shards).
@@ -122,6 +125,8 @@ class LlavaDataset(Dataset):
         self.max_length = max_length
         self.on_bad_sample = check_policy(on_bad_sample)
         self.encoder = SampleEncoder(tokenizer, template, tokens_per_image, max_length)
+        if self.source.preprocessing is not None:
+            check_preprocessing(self.source.preprocessing, image_transform, self.source.name)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -158,11 +163,15 @@ class LlavaDataset(Dataset):
         if not conversation.images:
             height, width = input_size(self.image_transform.processor)
             return torch.zeros(0, 3, height, width)
-        tensors = []
-        for position in range(len(conversation.images)):
-            with self.open_image(index, conversation, position) as image:
-                tensors.append(self.image_transform(image))
-        return torch.stack(tensors)
+        return torch.stack([self.image_tensor(index, conversation, position)
+                            for position in range(len(conversation.images))])
+
+    def image_tensor(self, index: int, conversation: Conversation, position: int) -> torch.Tensor:
+        """The sample's ``position``-th image as the model sees it, ``(C, H, W)``."""
+        if self.source.preprocessing is not None:
+            return self.image_transform.normalise(self.source.open_pixels(index, conversation.sample_id, position))
+        with self.open_image(index, conversation, position) as image:
+            return self.image_transform(image)
 
     def check(self, index: int) -> tuple[int, bool]:
         """``(length, has_image)`` of a record, without reading its image bytes; ``SampleError`` if it is bad."""

@@ -7,8 +7,6 @@ a probe image and returns ``None`` on any difference (another backend, another r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from PIL import Image
@@ -50,7 +48,8 @@ class FastProcessing:
         new_long = int(self.shortest * long / short)
         return (self.shortest, new_long) if width <= height else (new_long, self.shortest)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def resize_crop(self, image: Image.Image) -> np.ndarray:
+        """The processor's resize and crop: ``(H, W, 3)`` uint8, the pixels it rescales and normalises."""
         image = image.convert("RGB")
         target = self._target(*image.size)
         if target != image.size:
@@ -61,12 +60,26 @@ class FastProcessing:
                 raise ValueError("the image is smaller than the crop")
             top, left = (image.height - height) // 2, (image.width - width) // 2
             image = image.crop((left, top, left + width, top + height))
+        return np.array(image, dtype=np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 → the processor's rescaled, normalised ``(3, H, W)`` float tensor."""
         # the channel-first copy in uint8 first: four times less memory to move than in float
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous().float()
-        return pixels.mul_(self.multiplier).sub_(self.offset)
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float()
+        return tensor.mul_(self.multiplier).sub_(self.offset)
+
+    def resize_rule(self) -> dict[str, object]:
+        """What ``resize_crop`` does, as plain values: ``{resize, resample, crop}``."""
+        resize = {"shortest_edge": self.shortest} if self.shortest is not None \
+            else {"height": self.exact[0], "width": self.exact[1]}
+        return {"resize": resize, "resample": Image.Resampling(self.resample).name.lower(),
+                "crop": list(self.crop) if self.crop is not None else None}
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalise(self.resize_crop(image))
 
 
-def fast_processing(processor: BaseImageProcessor) -> Callable[[Image.Image], torch.Tensor] | None:
+def fast_processing(processor: BaseImageProcessor) -> FastProcessing | None:
     """A ``FastProcessing`` that matches ``processor`` on probe images (one portrait, one landscape), else ``None``."""
     try:
         fast = FastProcessing(processor)

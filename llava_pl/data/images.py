@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import BaseImageProcessor
@@ -49,18 +50,56 @@ class ImageTransform:
         self.mean_colour = tuple(int(round(255 * channel)) for channel in processor.image_mean)
         self.fast = fast_processing(processor)  # the processor's own steps, cheaper, where it reproduces them
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def _aspect(self, image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
         if self.aspect == "pad":
-            image = pad_to_square(image, self.mean_colour)
-        else:
-            height, width = input_size(self.processor)
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
+            return pad_to_square(image, self.mean_colour)
+        height, width = input_size(self.processor)
+        return image.resize((width, height), Image.Resampling.BICUBIC)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self._aspect(image)
         if self.fast is not None:
             return self.fast(image)
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def preprocessing(self) -> dict[str, Any] | None:
+        """Every step before rescaling and normalising, as plain values (the aspect step, then the processor's
+        resize and crop); ``None`` for a processor whose steps llava_pl does not reproduce exactly."""
+        if self.fast is None:
+            return None
+        fill = list(self.mean_colour) if self.aspect == "pad" else None
+        return {"size": list(input_size(self.processor)), "aspect": self.aspect, "fill": fill,
+                **self.fast.resize_rule()}
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """``(H, W, 3)`` uint8: the image after ``preprocessing()``, which ``normalise`` turns into this
+        transform's tensor."""
+        if self.fast is None:
+            raise ValueError(f"{type(self.processor).__name__}: llava_pl does not reproduce this image processor's "
+                             "steps exactly, so its pixels cannot be computed ahead")
+        return self.fast.resize_crop(self._aspect(image))
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """The tensor of pixels that ``pixels`` computed (bit for bit what ``__call__`` gives the image)."""
+        return self.fast.normalise(pixels)
 
     def blank(self) -> torch.Tensor:
         """An image with no content: the mean colour everywhere (the demo's blind control)."""
         height, width = input_size(self.processor)
         return self(Image.new("RGB", (width, height), self.mean_colour))
+
+
+def check_preprocessing(made_for: dict[str, Any], transform: ImageTransform, where: str) -> None:
+    """Raises unless ``transform`` preprocesses images exactly as ``made_for`` (pixels computed ahead) says."""
+    wanted = transform.preprocessing()
+    if wanted == made_for:
+        return
+    if wanted is None:
+        run = f"{type(transform.processor).__name__}, whose steps llava_pl does not reproduce exactly"
+    else:
+        differ = [key for key in {**made_for, **wanted} if made_for.get(key) != wanted.get(key)]
+        run = f"{wanted} (they differ in {', '.join(differ)})"
+    raise ValueError(f"{where} holds images pre-processed for {made_for}, but this run's image transform wants "
+                     f"{run}: convert the data again for this vision encoder and data.image_aspect, or without "
+                     "pre-processing")

@@ -117,3 +117,7 @@ class MixtureDataset(Dataset):
     def open_image(self, index: int, conversation: Conversation, position: int) -> Image.Image:
         dataset, local = self.locate(index)
         return dataset.open_image(local, conversation, position)
+
+    def image_tensor(self, index: int, conversation: Conversation, position: int) -> torch.Tensor:
+        dataset, local = self.locate(index)
+        return dataset.image_tensor(local, conversation, position)

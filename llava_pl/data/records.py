@@ -2,7 +2,9 @@
 webdataset shards ``python -m llava_pl.data.to_wds`` wrote (read by position through their index files).
 
 A source hands out raw records and image bytes; a record or line that does not parse is not an error of the
-whole file but of that one sample (``SampleError`` with reason ``malformed``).
+whole file but of that one sample (``SampleError`` with reason ``malformed``). Shards converted with pre-processed
+images (``preprocessing`` in the manifest) hold each image as ``img<N>.npy``: the ``(H, W, 3)`` uint8 pixels that
+the image transform normalises, with ``preprocessing.json`` in each sample saying what was done to them.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from PIL import Image, UnidentifiedImageError
 from llava_pl.data.conversation import SampleError
 
 MANIFEST = "manifest.json"
+PREPROCESSING_MEMBER = "preprocessing.json"  # in each sample with pre-processed images, for streams without manifest
 
 
 class RecordSource(Protocol):
     name: str
+    preprocessing: dict[str, Any] | None  # what was done to stored images (``ImageTransform.preprocessing``)
 
     def __len__(self) -> int: ...
 
@@ -31,7 +35,8 @@ class RecordSource(Protocol):
         ...
 
     def open_image(self, index: int, sample_id: str, position: int, relative: str) -> Image.Image:
-        """The ``position``-th image of sample ``index`` (``relative`` is its path in the record), decoded."""
+        """The ``position``-th image of sample ``index`` (``relative`` is its path in the record), decoded (as
+        stored: already padded and resized where the source holds pre-processed images)."""
         ...
 
 
@@ -67,6 +72,7 @@ class JsonRecords:
         self.path = Path(path)
         self.name = str(path)
         self.image_folder = Path(image_folder) if image_folder is not None else None
+        self.preprocessing = None
         if not self.path.is_file():
             raise FileNotFoundError(f"data file not found: {self.path}")
         text = self.path.read_text(encoding="utf-8")
@@ -112,6 +118,23 @@ def image_member(position: int, relative: str) -> str:
     return f"img{position}.{suffix}"
 
 
+def pixels_member(position: int) -> str:
+    """The shard member extension of a sample's ``position``-th pre-processed image."""
+    return f"img{position}.npy"
+
+
+def decode_pixels(data: bytes, source: str, sample_id: str, where: str) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 pixels of a pre-processed image member."""
+    try:
+        pixels = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise SampleError(source, sample_id, f"pixels do not load: {where} ({error})", "corrupt_image") from error
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise SampleError(source, sample_id, f"pixels are not (H, W, 3) uint8: {where} ({pixels.dtype}, "
+                          f"{pixels.shape})", "corrupt_image")
+    return pixels
+
+
 class ShardRecords:
     """Shards written by ``llava_pl.data.to_wds``, read by position through each shard's member index."""
 
@@ -124,6 +147,7 @@ class ShardRecords:
         self.manifest = json.loads(manifest_path.read_text())
         if not self.manifest.get("complete"):
             raise ValueError(f"{manifest_path}: the conversion did not finish; run llava_pl.data.to_wds again")
+        self.preprocessing = self.manifest.get("preprocessing")
         # numpy arrays rather than a Python object per sample: no reference counts for forked loader workers to
         # touch, so the pages stay shared, and ~30 bytes per sample
         self.shard_names = [shard["name"] for shard in self.manifest["shards"]]
@@ -178,13 +202,23 @@ class ShardRecords:
         except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise SampleError(f"{self.folder / shard}", key, f"the sample's json does not parse ({error})") from error
 
-    def open_image(self, index: int, sample_id: str, position: int, relative: str) -> Image.Image:
+    def _member(self, index: int, sample_id: str, member: str) -> tuple[bytes, str]:
         shard, key, members = self.entry(index)
-        member = image_member(position, relative)
         where = f"{self.folder / shard}:{key}.{member}"
         if member not in members:
             raise SampleError(self.name, sample_id, f"image member not in the shard: {where}", "missing_image")
-        return _decode(self._read(shard, members[member]), None, self.name, sample_id, where)
+        return self._read(shard, members[member]), where
+
+    def open_pixels(self, index: int, sample_id: str, position: int) -> np.ndarray:
+        """The ``position``-th pre-processed image of sample ``index`` (shards with ``preprocessing`` only)."""
+        data, where = self._member(index, sample_id, pixels_member(position))
+        return decode_pixels(data, self.name, sample_id, where)
+
+    def open_image(self, index: int, sample_id: str, position: int, relative: str) -> Image.Image:
+        if self.preprocessing is not None:
+            return Image.fromarray(self.open_pixels(index, sample_id, position))
+        data, where = self._member(index, sample_id, image_member(position, relative))
+        return _decode(data, None, self.name, sample_id, where)
 
     def image_exists(self, relative: str) -> bool:
         return True  # the converter only writes samples whose images it read

@@ -10,6 +10,13 @@ left out; ``<shard>.idx.json`` gives each member's byte span, so shards can also
 
 Shard ``k`` always holds records ``k·shard_size`` to ``(k+1)·shard_size - 1``: an interrupted conversion run
 again with the same arguments keeps the finished shards and writes only the rest.
+
+``vision=PRESET`` (a name in ``conf/model/vision``, with ``image_aspect=pad|resize`` as ``data.image_aspect`` and
+any ``model.vision.*`` overrides) stores each image pre-processed for that encoder instead: ``img0.npy``, the
+``(H, W, 3)`` uint8 pixels the run's image transform would compute before rescaling and normalising (padded to a
+square with the processor's mean colour, resized and cropped as its processor does), so that training only
+normalises them. The manifest's ``preprocessing`` and each such sample's ``preprocessing.json`` say what was done;
+a run whose image transform differs stops with an error.
 """
 
 from __future__ import annotations
@@ -21,17 +28,23 @@ import os
 import sys
 import tarfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from llava_pl.data.bad_samples import REASONS, OnBadSample, check_policy
 from llava_pl.data.conversation import SampleError, parse_record
-from llava_pl.data.records import MANIFEST, JsonRecords, decode_image_bytes, image_member
+from llava_pl.data.images import ImageAspect, ImageTransform
+from llava_pl.data.records import (MANIFEST, PREPROCESSING_MEMBER, JsonRecords, decode_image_bytes, image_member,
+                                   pixels_member)
 
-USAGE = "python -m llava_pl.data.to_wds in=FILE.json images=DIR out=DIR [shard_size=1000] [on_bad_sample=skip|error]"
+USAGE = ("python -m llava_pl.data.to_wds in=FILE.json images=DIR out=DIR [shard_size=1000] [on_bad_sample=skip|error]"
+         " [vision=PRESET [image_aspect=pad|resize] [model.vision.KEY=VALUE ...]]")
+OPTIONS = {"in", "images", "out", "shard_size", "on_bad_sample", "progress", "vision", "image_aspect"}
 
 
 def file_sha256(path: Path) -> str:
@@ -60,7 +73,7 @@ def _check_decodes(data: bytes, source: str, sample_id: str, where: str) -> None
         decode_image_bytes(data, source, sample_id, where)  # decodes in full: raises the error with its reason
 
 
-def _read_image(folder: Path | None, relative: str, source: str, sample_id: str) -> bytes:
+def _read_image(folder: Path | None, relative: str, source: str, sample_id: str) -> tuple[bytes, str]:
     if folder is None:
         raise SampleError(source, sample_id, f"has image {relative!r} but no images= folder was given",
                           "missing_image")
@@ -71,8 +84,21 @@ def _read_image(folder: Path | None, relative: str, source: str, sample_id: str)
         raise SampleError(source, sample_id, f"image file not found: {path}", "missing_image") from error
     except OSError as error:
         raise SampleError(source, sample_id, f"image file unreadable: {path} ({error})", "unreadable_image") from error
-    _check_decodes(data, source, sample_id, str(path))
-    return data
+    return data, str(path)
+
+
+def _stored(data: bytes, where: str, number: int, relative: str, transform: ImageTransform | None, source: str,
+            sample_id: str) -> tuple[str, bytes]:
+    """``(member extension, bytes)`` of a sample's ``number``-th image: its bytes as read, or with ``transform``
+    its pre-processed pixels as ``.npy``."""
+    if transform is None:
+        _check_decodes(data, source, sample_id, where)
+        return image_member(number, relative), data
+    with decode_image_bytes(data, source, sample_id, where) as image:
+        pixels = transform.pixels(image)
+    buffer = io.BytesIO()
+    np.save(buffer, pixels, allow_pickle=False)
+    return pixels_member(number), buffer.getvalue()
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -92,9 +118,12 @@ def _index(shard: Path) -> list[list[Any]]:
 
 
 def write_shard(source: JsonRecords, folder: Path | None, start: int, stop: int, path: Path,
-                policy: OnBadSample, progress: tqdm | None = None) -> list[list[Any]]:
+                policy: OnBadSample, progress: tqdm | None = None,
+                transform: ImageTransform | None = None) -> list[list[Any]]:
     """Writes records ``start..stop-1`` to ``path`` (complete or absent); returns the bad ones
-    ``[[position, id, reason, message], ...]`` (``policy="error"``: raises the first)."""
+    ``[[position, id, reason, message], ...]`` (``policy="error"``: raises the first). With ``transform`` the
+    images are stored pre-processed by it."""
+    made_for = json.dumps(transform.preprocessing()).encode() if transform is not None else None
     bad: list[list[Any]] = []
     partial = path.with_name(path.name + ".partial")
     with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
@@ -104,8 +133,9 @@ def write_shard(source: JsonRecords, folder: Path | None, start: int, stop: int,
             try:
                 record = source.record(position)
                 conversation = parse_record(record, source.name, position)
-                images = [_read_image(folder, relative, source.name, conversation.sample_id)
-                          for relative in conversation.images]
+                images = [_stored(*_read_image(folder, relative, source.name, conversation.sample_id), number,
+                                  relative, transform, source.name, conversation.sample_id)
+                          for number, relative in enumerate(conversation.images)]
             except SampleError as error:
                 if policy == "error":
                     raise
@@ -113,18 +143,26 @@ def write_shard(source: JsonRecords, folder: Path | None, start: int, stop: int,
                 continue
             key = f"{position:09d}"
             _member(tar, f"{key}.json", json.dumps(record, ensure_ascii=False).encode("utf-8"))
-            for index, (relative, data) in enumerate(zip(conversation.images, images)):
-                _member(tar, f"{key}.{image_member(index, relative)}", data)
+            for member, data in images:
+                _member(tar, f"{key}.{member}", data)
+            if images and made_for is not None:
+                _member(tar, f"{key}.{PREPROCESSING_MEMBER}", made_for)
     os.replace(partial, path)
     return bad
 
 
 def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out: str | os.PathLike,
-            shard_size: int = 1000, on_bad_sample: OnBadSample = "skip", progress: bool = True) -> dict[str, Any]:
-    """Writes (or finishes writing) the shards of ``input_file`` into ``out``; returns the manifest."""
+            shard_size: int = 1000, on_bad_sample: OnBadSample = "skip", progress: bool = True,
+            transform: ImageTransform | None = None) -> dict[str, Any]:
+    """Writes (or finishes writing) the shards of ``input_file`` into ``out``; returns the manifest. With
+    ``transform`` (``vision_transform``, or the run's own) the images are stored pre-processed for it."""
     policy = check_policy(on_bad_sample)
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
+    preprocessing = transform.preprocessing() if transform is not None else None
+    if transform is not None and preprocessing is None:
+        raise ValueError(f"{type(transform.processor).__name__}: llava_pl does not reproduce this image processor's "
+                         "steps exactly, so its images cannot be pre-processed; convert without vision=")
     input_path, out_dir = Path(input_file), Path(out)
     source = JsonRecords(input_path, images)
     folder = Path(images) if images is not None else None
@@ -132,11 +170,14 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     fresh = {"source": str(input_path), "source_sha256": digest, "image_folder": str(folder) if folder else None,
-             "shard_size": shard_size, "records": len(source), "shards": [], "complete": False}
+             "shard_size": shard_size, "preprocessing": preprocessing, "records": len(source), "shards": [],
+             "complete": False}
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else fresh
-    if (manifest["source_sha256"], manifest["shard_size"]) != (digest, shard_size):
+    same = (manifest["source_sha256"], manifest["shard_size"], manifest.get("preprocessing"))
+    if same != (digest, shard_size, preprocessing):
         raise ValueError(f"{out_dir} holds shards of another conversion (source {manifest['source']}, "
-                         f"shard_size {manifest['shard_size']}); choose an empty folder")
+                         f"shard_size {manifest['shard_size']}, preprocessing {manifest.get('preprocessing')}); "
+                         "choose an empty folder")
     done = {shard["name"] for shard in manifest["shards"]}
     count = -(-len(source) // shard_size)
     bar = tqdm(total=len(source), initial=min(len(done) * shard_size, len(source)), unit="sample",
@@ -147,7 +188,7 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
             if name in done:
                 continue
             start, stop = number * shard_size, min((number + 1) * shard_size, len(source))
-            bad = write_shard(source, folder, start, stop, out_dir / name, policy, bar)
+            bad = write_shard(source, folder, start, stop, out_dir / name, policy, bar, transform)
             index_name = f"{name}.idx.json"
             index = _index(out_dir / name)
             _write_json(out_dir / index_name, index)
@@ -166,6 +207,8 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
 
 def report(manifest: dict[str, Any]) -> str:
     lines = [f"{manifest['samples']} of {manifest['records']} records in {len(manifest['shards'])} shard(s)"]
+    if manifest.get("preprocessing"):
+        lines.append(f"images pre-processed for {manifest['preprocessing']}")
     bad = [entry for shard in manifest["shards"] for entry in shard["bad"]]
     if bad:
         lines.append(f"{len(bad)} bad sample(s) left out:")
@@ -174,24 +217,55 @@ def report(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    args = {}
+def vision_transform(preset: str, image_aspect: ImageAspect = "pad", overrides: Sequence[str] = ()) -> ImageTransform:
+    """The image transform of a run with ``model/vision=preset`` (and ``model.vision.*`` ``overrides``) and
+    ``data.image_aspect``. The tower is built on the meta device and the image processor from the preset's own
+    values or the config the package carries for it: nothing is downloaded for the presets llava_pl carries."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+    from hydra.utils import instantiate
+
+    from llava_pl.data.inspect import CONF_DIR
+    from llava_pl.model.architecture import architecture_only
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(f"model/vision/{preset}", overrides=list(overrides))
+    except MissingConfigException as error:
+        names = sorted(path.stem for path in (CONF_DIR / "model" / "vision").glob("*.yaml"))
+        raise ValueError(f"no vision preset {preset!r}; conf/model/vision has {', '.join(names)}") from error
+    with architecture_only():
+        encoder = instantiate(cfg.model.vision)
+    return ImageTransform(encoder.image_processor, image_aspect)
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``(options, model.vision.* overrides)``."""
+    args, overrides = {}, []
     for argument in argv:
         key, sep, value = argument.partition("=")
-        if not sep or key not in {"in", "images", "out", "shard_size", "on_bad_sample", "progress"}:
+        if sep and key.startswith("model.vision."):
+            overrides.append(argument)
+        elif not sep or key not in OPTIONS:
             raise SystemExit(f"unexpected argument {argument!r}\nusage: {USAGE}")
-        args[key] = value
+        else:
+            args[key] = value
     missing = {"in", "out"} - set(args)
     if missing:
         raise SystemExit(f"missing {', '.join(sorted(missing))}=\nusage: {USAGE}")
-    return args
+    if "vision" not in args and ({"image_aspect"} & set(args) or overrides):
+        raise SystemExit(f"image_aspect= and model.vision.* need vision=\nusage: {USAGE}")
+    return args, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        transform = vision_transform(args["vision"], args.get("image_aspect", "pad"), overrides) \
+            if "vision" in args else None
         manifest = convert(args["in"], args.get("images"), args["out"], int(args.get("shard_size", 1000)),
-                           args.get("on_bad_sample", "skip"), args.get("progress", "true").lower() != "false")
+                           args.get("on_bad_sample", "skip"), args.get("progress", "true").lower() != "false",
+                           transform)
     except (SampleError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -8,6 +8,9 @@ same on every rank, and dealt out to the ranks' workers; with ``resampled`` each
 random, with replacement, forever. Either way every rank yields exactly ``samples_per_epoch / (world size ×
 micro_batch_size)`` micro-batches (rounded up to a multiple of the workers), so no rank waits for another at
 the end of an epoch. A JSON file and the shards converted from it stream the same samples in the same order.
+
+Shards with pre-processed images (``to_wds vision=...``) are only normalised; the manifest of a shard folder, or
+else each sample's ``preprocessing.json``, must say they were made for this run's image transform.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from llava_pl.data.bad_samples import BadSampleReport, OnBadSample
-from llava_pl.data.conversation import SampleError, parse_record
+from llava_pl.data.conversation import Conversation, SampleError, parse_record
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.dataset import SampleEncoder
-from llava_pl.data.images import ImageTransform, input_size
+from llava_pl.data.images import ImageTransform, check_preprocessing, input_size
 from llava_pl.data.mixture import SourceSpec
-from llava_pl.data.records import MANIFEST, JsonRecords, decode_image_bytes, image_member
+from llava_pl.data.records import (MANIFEST, PREPROCESSING_MEMBER, JsonRecords, decode_image_bytes, decode_pixels,
+                                   image_member, pixels_member)
 from llava_pl.data.sampler import resume_position
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ class StreamSource:
     units: list[Unit]
     size: int | None
     records: JsonRecords | None = None
+    preprocessing: dict[str, Any] | None = None  # a shard folder's, from its manifest
+    folder: str | None = None  # a shard folder's path
 
 
 def stream_source(spec: SourceSpec, shard_size: int = 1000) -> StreamSource:
@@ -58,7 +64,8 @@ def stream_source(spec: SourceSpec, shard_size: int = 1000) -> StreamSource:
     if folder.is_dir() and (folder / MANIFEST).is_file():
         manifest = json.loads((folder / MANIFEST).read_text())
         units = [("shard", str(folder / shard["name"])) for shard in manifest["shards"]]
-        return StreamSource(spec.name or folder.name, spec.weight, units, manifest.get("samples"))
+        return StreamSource(spec.name or folder.name, spec.weight, units, manifest.get("samples"),
+                            preprocessing=manifest.get("preprocessing"), folder=str(folder))
     if path.startswith("pipe:") or ".tar" in path or "://" in path:
         return StreamSource(spec.name or Path(path.split()[-1] if path.startswith("pipe:") else path).stem,
                             spec.weight, [("shard", url) for url in braceexpand(path)], spec.samples)
@@ -114,6 +121,10 @@ class SampleStream(IterableDataset):
         self.length_pool = length_pool
         self.epoch = 0
         self.resume_offset = 0  # batches already trained this epoch before a resume: a fresh draw after them
+        for source in sources:
+            if source.preprocessing is not None:
+                check_preprocessing(source.preprocessing, image_transform, source.folder)
+        self._checked: set[bytes] = set()  # the samples' preprocessing.json values found to match
 
     def __len__(self) -> int:
         return self.batches_per_worker * max(1, self.num_workers)
@@ -179,21 +190,34 @@ class SampleStream(IterableDataset):
                 raise SampleError(where, key, f"the sample's json does not parse ({error})") from error
         conversation = parse_record(record, where, int(key) if key.isdigit() else 0)
         tokens = self.encoder(conversation, where)
-        pixels = []
-        for position, relative in enumerate(conversation.images):
-            if source.records is not None:
-                image = source.records.open_image(raw["__index__"], conversation.sample_id, position, relative)
-            else:
-                member = image_member(position, relative)
-                if member not in raw:
-                    raise SampleError(where, conversation.sample_id, f"no image member {key}.{member}",
-                                      "missing_image")
-                image = decode_image_bytes(raw[member], where, conversation.sample_id, f"{where}:{key}.{member}")
-            with image:
-                pixels.append(self.image_transform(image))
+        pixels = [self._image(source, raw, conversation, position, relative, where)
+                  for position, relative in enumerate(conversation.images)]
         pixel_values = torch.stack(pixels) if pixels else torch.zeros(0, 3, *self.image_size)
         return {"id": conversation.sample_id, "input_ids": torch.tensor(tokens.input_ids),
                 "labels": torch.tensor(tokens.labels), "pixel_values": pixel_values, "source": source.name}
+
+    def _image(self, source: StreamSource, raw: dict[str, Any], conversation: Conversation, position: int,
+               relative: str, where: str) -> torch.Tensor:
+        if source.records is not None:
+            with source.records.open_image(raw["__index__"], conversation.sample_id, position, relative) as image:
+                return self.image_transform(image)
+        preprocessed = PREPROCESSING_MEMBER in raw
+        member = pixels_member(position) if preprocessed else image_member(position, relative)
+        if member not in raw:
+            raise SampleError(where, conversation.sample_id, f"no image member {raw['__key__']}.{member}",
+                              "missing_image")
+        at = f"{where}:{raw['__key__']}.{member}"
+        if preprocessed:
+            self._check_sample(raw[PREPROCESSING_MEMBER], where)
+            return self.image_transform.normalise(decode_pixels(raw[member], where, conversation.sample_id, at))
+        with decode_image_bytes(raw[member], where, conversation.sample_id, at) as image:
+            return self.image_transform(image)
+
+    def _check_sample(self, made_for: bytes, where: str) -> None:
+        """A streamed sample's pre-processed images must be made for this run (``ValueError``, not a bad sample)."""
+        if made_for not in self._checked:
+            check_preprocessing(json.loads(made_for), self.image_transform, where)
+            self._checked.add(made_for)
 
     def _shuffled(self, worker: int, workers: int) -> Iterator[tuple[StreamSource, dict[str, Any]]]:
         items = self._mixed(worker, workers)
