@@ -476,7 +476,7 @@ def _reasoning(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str]
 
 
 def _instruct_records(
-    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]
+    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...], mix: dict[str, float]
 ) -> list[dict]:
     def single(q: str, a: str) -> list[dict]:
         return [{"from": "human", "value": _with_image(rng, q)}, {"from": "gpt", "value": a}]
@@ -489,7 +489,7 @@ def _instruct_records(
     return [
         {"id": stem, "type": kind, "image": rel, "conversations": make()}
         for kind, make in makers.items()
-        if rng.random() < INSTRUCT_MIX[kind]
+        if rng.random() < mix[kind]
     ]
 
 
@@ -539,8 +539,16 @@ def generate_shapes_dataset(
     n_val: int = 200,
     n_test: int = 300,
     image_size: int = 48,
+    instruct_mix: dict[str, float] | None = None,
 ) -> pathlib.Path:
-    """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir."""
+    """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
+
+    ``instruct_mix`` is the share of training images given each kind of instruction record (``INSTRUCT_MIX``
+    by default).
+    """
+    mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
+    if set(mix) != set(INSTRUCT_MIX) or not all(0.0 <= share <= 1.0 for share in mix.values()):
+        raise ValueError(f"instruct_mix needs a share in [0, 1] for each of {sorted(INSTRUCT_MIX)}, got {mix}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -548,7 +556,7 @@ def generate_shapes_dataset(
         raise ValueError("split sizes must be non-negative")
     out = pathlib.Path(out_dir)
     params = {"format_version": FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-              "n_test": n_test, "image_size": image_size}
+              "n_test": n_test, "image_size": image_size, "instruct_mix": mix}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -577,7 +585,7 @@ def generate_shapes_dataset(
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
                 captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
-                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes))
+                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes, mix))
             else:
                 questions.extend(_test_questions(text_rng, stem, rel, scene.shapes))
         _write_json(out / f"meta_{split}.json", meta)

@@ -127,6 +127,18 @@ def test_idempotent_and_regenerates(tmp_path: pathlib.Path) -> None:
     assert len(_load(out, "meta_val.json")) == 3
 
 
+def test_instruct_mix_sets_the_share_of_each_record_kind(tmp_path: pathlib.Path) -> None:
+    mix = {"conversation": 1.0, "detail": 1.0, "reasoning": 0.0}
+    out = generate_shapes_dataset(tmp_path / "mix", **SMALL, instruct_mix=mix)
+    kinds = Counter(rec["type"] for rec in _load(out, "instruct_train.json"))
+    assert kinds == {"conversation": SMALL["n_train"], "detail": SMALL["n_train"]}
+    # The mix is part of the data set's identity: another mix regenerates it.
+    generate_shapes_dataset(tmp_path / "mix", **SMALL)
+    assert set(Counter(rec["type"] for rec in _load(out, "instruct_train.json"))) == set(INSTRUCT_MIX)
+    with pytest.raises(ValueError, match="instruct_mix"):
+        generate_shapes_dataset(tmp_path / "bad", **SMALL, instruct_mix={"detail": 1.0})
+
+
 def test_train_and_test_images_differ(dataset: pathlib.Path) -> None:
     def contents(split: str) -> set[bytes]:
         return {p.read_bytes() for p in (dataset / "images" / split).glob("*.png")}
