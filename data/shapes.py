@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -28,7 +28,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SIZES: tuple[str, ...] = ("small", "large")
 # Each shape sits inside one cell of a 3x3 grid, and that cell names its position. Side lengths are
 # fractions of the cell's side, so a vision tower whose patch is one cell sees each shape whole in one patch.
-SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.5, 0.625), "large": (0.75, 0.875)}
+SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.6, 0.7), "large": (0.8, 0.9)}
 POSITION_GRID: tuple[tuple[str, str, str], ...] = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -62,8 +62,11 @@ DETAIL_INSTRUCTIONS: tuple[str, ...] = (
 
 # Share of training images that get each kind of instruction record. Short questions carry the most signal
 # per token for a model that learns to see from scratch, so every image gets a conversation.
-INSTRUCT_MIX: dict[str, float] = {"conversation": 1.0, "detail": 0.25, "reasoning": 0.25}
-SHORT_ANSWER_SHARE = 0.7  # of conversation questions asked with the short-answer suffix
+INSTRUCT_MIX: dict[str, float] = {"conversation": 1.0, "detail": 0.5, "reasoning": 0.25}
+SHORT_ANSWER_SHARE = 0.85  # of conversation questions asked with the short-answer suffix
+# How often a conversation turn asks each kind of question. Colour and shape carry the most weight: a model that
+# learns to see from scratch reads an object's kind last, and needs the most examples of it.
+QUESTION_MIX: dict[str, float] = {"color": 0.3, "shape": 0.3, "position": 0.15, "count": 0.1, "exists": 0.15}
 
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample for anti-aliased edges
 
@@ -282,11 +285,11 @@ def _caption_record(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape
 
 
 def _conversation(rng: random.Random, shapes: tuple[Shape, ...]) -> list[dict]:
-    n_pairs = rng.randint(2, 5)
+    n_pairs = rng.randint(3, 6)
     seen: set[str] = set()
     turns: list[dict] = []
     while len(turns) < 2 * n_pairs:
-        kind = rng.choice(("color", "shape", "count", "position", "exists"))
+        kind = rng.choices(list(QUESTION_MIX), weights=list(QUESTION_MIX.values()))[0]
         short = rng.random() < SHORT_ANSWER_SHARE
         if kind == "color":
             q, a = color_qa(rng.choice(shapes), short)

@@ -40,12 +40,12 @@ def test_negative_learning_rate(compose_config, nothing_built) -> None:
 
 
 def test_image_size_not_a_multiple_of_the_patch_size(compose_config, nothing_built) -> None:
-    cfg = compose_config("stage=finetune", "model.vision.config.image_size=50")
-    with pytest.raises(ConfigError, match=r"model\.vision\.config\.image_size=50 is not a multiple of "
-                                          r"model\.vision\.config\.patch_size=16"):
+    cfg = compose_config("stage=finetune", "model.vision.config.image_size=100")
+    with pytest.raises(ConfigError, match=r"model\.vision\.config\.image_size=100 is not a multiple of "
+                                          r"model\.vision\.config\.patch_size=32"):
         run(cfg)
     assert nothing_built(cfg)
-    # the protection matters: the tower itself builds and would silently drop the last 2 pixel rows/columns
+    # the protection matters: the tower itself builds and would silently drop the last 4 pixel rows/columns
     assert instantiate(cfg.model.vision).num_image_tokens == 9
 
 

@@ -278,10 +278,10 @@ def test_preprocessing_conversion_resumes_and_refuses_other_settings(source, tmp
 def test_converter_command_line_takes_a_vision_preset(source, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert main([f"in={source}", f"images={source.parent}", f"out={out}", "vision=tiny_clip", "image_aspect=resize",
-                 "model.vision.image_processor.size.shortest_edge=56", "progress=false"]) == 0
+                 "model.vision.image_processor.size.shortest_edge=112", "progress=false"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preprocessing"] == {"size": [48, 48], "aspect": "resize", "fill": None,
-                                         "resize": {"shortest_edge": 56}, "resample": "bicubic", "crop": [48, 48]}
+    assert manifest["preprocessing"] == {"size": [96, 96], "aspect": "resize", "fill": None,
+                                         "resize": {"shortest_edge": 112}, "resample": "bicubic", "crop": [96, 96]}
     assert "images pre-processed for" in capsys.readouterr().out
     assert main([f"in={source}", f"out={tmp_path / 'x'}", "vision=no-such-preset"]) == 1
     assert "no vision preset 'no-such-preset'" in capsys.readouterr().err

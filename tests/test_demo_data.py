@@ -213,7 +213,7 @@ def test_conversation_structure(dataset: pathlib.Path) -> None:
             placements[first.startswith(IMAGE_TOKEN)] += 1
             assert all(t["value"].strip() == t["value"] and t["value"] for t in conv)
             if rec.get("type") == "conversation":
-                assert 2 <= len(conv) // 2 <= 5
+                assert 3 <= len(conv) // 2 <= 6
             elif "type" in rec:
                 assert len(conv) == 2
         assert placements[True] and placements[False]
