@@ -107,3 +107,15 @@ def formats_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found: the shared real-data excerpts are only present in the project workspace")
     return path
+
+
+@pytest.fixture
+def nothing_built(monkeypatch: pytest.MonkeyPatch) -> Callable[[DictConfig], bool]:
+    """Fails the test if a model is built; yields a check that no run folder was made either."""
+    import llava_pl.train
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the model was built before the config was checked")
+
+    monkeypatch.setattr(llava_pl.train, "build_model", build_model)
+    return lambda cfg: not Path(cfg.run_dir).exists()

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-import llava_pl.train
 from llava_pl.train import run
 from llava_pl.validate import ConfigError
-
-
-@pytest.fixture
-def nothing_built(monkeypatch):
-    """Fails the test if a model is built; yields a check that no run folder was made either."""
-
-    def build_model(*args, **kwargs):
-        raise AssertionError("the model was built before the config was checked")
-
-    monkeypatch.setattr(llava_pl.train, "build_model", build_model)
-    return lambda cfg: not Path(cfg.run_dir).exists()
 
 
 def test_unknown_preset_and_unknown_key_name_the_group_and_key(compose_config) -> None:

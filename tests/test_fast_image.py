@@ -11,13 +11,16 @@ from transformers import CLIPImageProcessor, SiglipImageProcessor
 from llava_pl.data.fast_image import fast_processing
 from llava_pl.data.images import ImageTransform
 
-
-@pytest.mark.parametrize("processor", [
+PROCESSORS = pytest.mark.parametrize("processor", [
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
     SiglipImageProcessor(size={"height": 384, "width": 384}),
     CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
 ], ids=["clip-336", "siglip-384", "clip-crop"])
-@pytest.mark.parametrize("aspect", ["pad", "resize"])
+ASPECTS = pytest.mark.parametrize("aspect", ["pad", "resize"])
+
+
+@PROCESSORS
+@ASPECTS
 def test_fast_path_matches_the_processor(processor, aspect) -> None:
     transform = ImageTransform(processor, aspect)
     assert transform.fast is not None
@@ -44,12 +47,8 @@ def test_processors_it_does_not_reproduce_keep_their_own_code() -> None:
     assert ImageTransform(processor).fast is None
 
 
-@pytest.mark.parametrize("processor", [
-    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-    SiglipImageProcessor(size={"height": 384, "width": 384}),
-    CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
-], ids=["clip-336", "siglip-384", "clip-crop"])
-@pytest.mark.parametrize("aspect", ["pad", "resize"])
+@PROCESSORS
+@ASPECTS
 def test_pixels_computed_ahead_normalise_to_the_same_tensor(processor, aspect) -> None:
     transform = ImageTransform(processor, aspect)
     height, width = transform.preprocessing()["size"]

@@ -13,7 +13,6 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 
-import llava_pl.train
 from llava_pl.distributed.deepspeed import LlavaDeepSpeedStrategy, deepspeed_config
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.model.build import build_empty_model
@@ -152,15 +151,6 @@ def test_text_only_micro_batch_runs_the_vision_tower_and_projector() -> None:
     logits = model.llm(inputs_embeds=model.llm.get_input_embeddings()(text_ids)).logits
     torch.testing.assert_close(model(**text_only)["loss"], causal_lm_loss(logits, text_ids))
     assert logits.shape[-1] == VOCAB
-
-
-@pytest.fixture
-def nothing_built(monkeypatch):
-    def build_model(*args, **kwargs):
-        raise AssertionError("the model was built before the config was checked")
-
-    monkeypatch.setattr(llava_pl.train, "build_model", build_model)
-    return lambda cfg: not Path(cfg.run_dir).exists()
 
 
 def test_impossible_batch_over_nodes_and_devices_fails_before_the_model_exists(compose_config, nothing_built) -> None:

@@ -72,12 +72,20 @@ class ImageTransform:
         return {"size": list(input_size(self.processor)), "aspect": self.aspect, "fill": fill,
                 **self.fast.resize_rule()}
 
+    def require_exact(self) -> dict[str, Any]:
+        """``preprocessing()``; ``ValueError`` for a processor whose steps llava_pl does not reproduce exactly, so
+        that its pixels cannot be computed ahead."""
+        preprocessing = self.preprocessing()
+        if preprocessing is None:
+            raise ValueError(f"{type(self.processor).__name__}: llava_pl does not reproduce this image processor's "
+                             "steps exactly, so its pixels cannot be computed ahead; convert without vision=")
+        return preprocessing
+
     def pixels(self, image: Image.Image) -> np.ndarray:
         """``(H, W, 3)`` uint8: the image after ``preprocessing()``, which ``normalise`` turns into this
         transform's tensor."""
         if self.fast is None:
-            raise ValueError(f"{type(self.processor).__name__}: llava_pl does not reproduce this image processor's "
-                             "steps exactly, so its pixels cannot be computed ahead")
+            self.require_exact()
         return self.fast.resize_crop(self._aspect(image))
 
     def normalise(self, pixels: np.ndarray) -> torch.Tensor:

@@ -159,10 +159,7 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
     policy = check_policy(on_bad_sample)
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    preprocessing = transform.preprocessing() if transform is not None else None
-    if transform is not None and preprocessing is None:
-        raise ValueError(f"{type(transform.processor).__name__}: llava_pl does not reproduce this image processor's "
-                         "steps exactly, so its images cannot be pre-processed; convert without vision=")
+    preprocessing = transform.require_exact() if transform is not None else None
     input_path, out_dir = Path(input_file), Path(out)
     source = JsonRecords(input_path, images)
     folder = Path(images) if images is not None else None
