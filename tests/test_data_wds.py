@@ -293,5 +293,5 @@ def test_converter_command_line_takes_a_vision_preset(source, tmp_path, capsys) 
             return result
 
     shifted = ImageTransform(Shifted(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}))
-    with pytest.raises(ValueError, match="does not reproduce"):
+    with pytest.raises(ValueError, match="does not reproduce .*; convert without vision="):
         convert(source, source.parent, tmp_path / "y", progress=False, transform=shifted)

@@ -78,7 +78,7 @@ class ImageTransform:
         preprocessing = self.preprocessing()
         if preprocessing is None:
             raise ValueError(f"{type(self.processor).__name__}: llava_pl does not reproduce this image processor's "
-                             "steps exactly, so its pixels cannot be computed ahead; convert without vision=")
+                             "steps exactly, so its pixels cannot be computed ahead")
         return preprocessing
 
     def pixels(self, image: Image.Image) -> np.ndarray:

@@ -159,7 +159,10 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
     policy = check_policy(on_bad_sample)
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
-    preprocessing = transform.require_exact() if transform is not None else None
+    try:
+        preprocessing = transform.require_exact() if transform is not None else None
+    except ValueError as error:
+        raise ValueError(f"{error}; convert without vision=") from None
     input_path, out_dir = Path(input_file), Path(out)
     source = JsonRecords(input_path, images)
     folder = Path(images) if images is not None else None
