@@ -19,7 +19,7 @@ from data.shapes import (
     NUMBER_WORDS,
     POSITIONS,
     SHORT_ANSWER_SUFFIX,
-    side_range,
+    side_length,
     generate_shapes_dataset,
     position_name,
 )
@@ -163,8 +163,7 @@ def test_meta_is_consistent_with_images(dataset: pathlib.Path) -> None:
                 assert s["kind"] in KINDS and s["color"] in COLORS and s["position"] in POSITIONS
                 x1, y1, x2, y2 = s["bbox"]
                 assert 0 <= x1 < x2 <= size and 0 <= y1 < y2 <= size
-                lo, hi = side_range(s["size"], size)
-                assert lo <= x2 - x1 <= hi and y2 - y1 == x2 - x1
+                assert x2 - x1 == y2 - y1 == side_length(s["size"], size)
                 assert position_name((x1 + x2) / 2, (y1 + y2) / 2, size) == s["position"]
                 for t in shapes[i + 1 :]:
                     u1, v1, u2, v2 = t["bbox"]
