@@ -62,7 +62,7 @@ def _trains(model: LlavaModel, batch: dict) -> None:
     """A few optimizer steps on one batch lower its loss, and every trained parameter gets a finite gradient."""
     model.vision.requires_grad_(False)
     trained = [p for part in (model.projector, model.llm) for p in part.parameters()]
-    optimizer = torch.optim.AdamW(trained, lr=1e-2)
+    optimizer = torch.optim.AdamW(trained, lr=3e-3)
     losses = []
     for _ in range(4):
         loss = model(**batch)["loss"]
