@@ -133,7 +133,8 @@ def side_length(size: str, image_size: int) -> int:
     return min(cell - 2, round(SIZE_FRACTIONS[size] * cell))  # at least one background pixel on each side
 
 
-def _sample_scene(rng: random.Random, image_size: int) -> Scene:
+def sample_scene(rng: random.Random, image_size: int) -> Scene:
+    """One to three shapes of distinct kinds and colours, each in its own grid cell, on a light background."""
     cell = image_size // 3
     background = tuple(rng.randint(225, 255) for _ in range(3))
     n = rng.randint(1, 3)
@@ -575,7 +576,7 @@ def generate_shapes_dataset(
         for index in range(counts[split]):
             stem = f"{split}_{index:05d}"
             rel = f"{split}/{stem}.png"
-            scene = _sample_scene(scene_rng, image_size)
+            scene = sample_scene(scene_rng, image_size)
             render_scene(scene, image_size).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
