@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup  # noqa: E402
 
-from data.shapes import COLORS, KINDS, POSITIONS, SHORT_ANSWER_SUFFIX, Scene, sample_scene  # noqa: E402
+from data.shapes import COLORS, IMAGE_TOKEN, KINDS, POSITIONS, SHORT_ANSWER_SUFFIX, Scene, sample_scene  # noqa: E402
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID  # noqa: E402
 from llava_pl.data.conversation import parse_record  # noqa: E402
 from llava_pl.data.tokenization import tokenize_segments  # noqa: E402
@@ -67,13 +67,14 @@ class GridTokens(torch.nn.Module):
         return torch.stack(tokens)
 
 
-def training_example(scene: Scene, rng: random.Random, tokenizer, template) -> Example:
+def training_example(scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerBase, template) -> Example:
+    """One conversation asking every shape's colour and kind in a random order, tokenized as training does."""
     pairs = [(f"What color is the {s.kind}?", s.color) for s in scene.shapes]
     pairs += [(f"What shape is the {s.color} object?", s.kind) for s in scene.shapes]
     rng.shuffle(pairs)
     turns = []
     for i, (question, answer) in enumerate(pairs):
-        text = ("<image>\n" if i == 0 else "") + question + SHORT_ANSWER_SUFFIX
+        text = (f"{IMAGE_TOKEN}\n" if i == 0 else "") + question + SHORT_ANSWER_SUFFIX
         turns += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
     conversation = parse_record({"id": "bench", "image": "grid", "conversations": turns}, "bench", 0)
     tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, CELLS)

@@ -28,9 +28,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SIZES: tuple[str, ...] = ("small", "large")
 # Each shape sits centred in one cell of a 3x3 grid, and that cell names its position. A size class is one side
 # length, a fraction of the cell's side, so a vision tower whose patch is one cell sees each shape whole in one
-# patch. Exact colours and one side per size make a shape's patch feature nearly a function of its colour, kind
-# and size alone (README, "The demo"): anything else in an image token slows down learning which shape a question
-# names. The light background's tint still varies, so no two images are the same file.
+# patch. Exact colours and one side per size make a shape's patch feature nearly a function of its colour, kind and
+# size alone (README, "The embedded demo"): anything else in an image token slows down learning which shape a
+# question names. The light background's tint still varies, so no two images are the same file.
 SIZE_FRACTIONS: dict[str, float] = {"small": 0.65, "large": 0.85}
 POSITION_GRID: tuple[tuple[str, str, str], ...] = (
     ("top left", "top", "top right"),
