@@ -30,7 +30,17 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup  # noqa: E402
 
-from data.shapes import COLORS, IMAGE_TOKEN, KINDS, POSITIONS, SHORT_ANSWER_SUFFIX, Scene, sample_scene  # noqa: E402
+from data.shapes import (  # noqa: E402
+    COLORS,
+    IMAGE_TOKEN,
+    KINDS,
+    POSITIONS,
+    SHORT_ANSWER_SUFFIX,
+    Scene,
+    color_qa,
+    sample_scene,
+    shape_qa,
+)
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID  # noqa: E402
 from llava_pl.data.conversation import parse_record  # noqa: E402
 from llava_pl.data.tokenization import tokenize_segments  # noqa: E402
@@ -38,6 +48,12 @@ from llava_pl.generate import prompt_ids  # noqa: E402
 from llava_pl.resolvers import register_resolvers  # noqa: E402
 
 CELLS = len(POSITIONS)
+COLUMNS = ("color 1 shape", "color 2-3 shapes", "shape 1 shape", "shape 2-3 shapes")
+
+
+def questions(scene: Scene) -> list[tuple[str, str, str]]:
+    """(question type, question, one-word answer) for every shape's colour and kind, worded as the demo's."""
+    return [("color", *color_qa(s, True)) for s in scene.shapes] + [("shape", *shape_qa(s, True)) for s in scene.shapes]
 
 
 @dataclass
@@ -69,8 +85,7 @@ class GridTokens(torch.nn.Module):
 
 def training_example(scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerBase, template) -> Example:
     """One conversation asking every shape's colour and kind in a random order, tokenized as training does."""
-    pairs = [(f"What color is the {s.kind}?", s.color) for s in scene.shapes]
-    pairs += [(f"What shape is the {s.color} object?", s.kind) for s in scene.shapes]
+    pairs = [(question, answer) for _, question, answer in questions(scene)]
     rng.shuffle(pairs)
     turns = []
     for i, (question, answer) in enumerate(pairs):
@@ -99,15 +114,14 @@ def evaluate(llm, grid, tokenizer, template, scenes: list[Scene]) -> dict[str, f
     llm.eval()
     with torch.no_grad():
         for scene in scenes:
-            questions = [("color", f"What color is the {s.kind}?", s.color) for s in scene.shapes]
-            questions += [("shape", f"What shape is the {s.color} object?", s.kind) for s in scene.shapes]
-            rows = [prompt_ids(q + SHORT_ANSWER_SUFFIX, template, tokenizer, CELLS).tolist() for _, q, _ in questions]
+            asked = questions(scene)
+            rows = [prompt_ids(q + SHORT_ANSWER_SUFFIX, template, tokenizer, CELLS).tolist() for _, q, _ in asked]
             padded = _pad(rows, tokenizer.pad_token_id, left=True)
             mask = torch.tensor(_pad([[1] * len(r) for r in rows], 0, left=True))
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             logits = llm(inputs_embeds=_embed(llm, grid, padded, [scene] * len(rows)), attention_mask=mask,
                          position_ids=positions).logits[:, -1]
-            for (qtype, _, answer), token in zip(questions, logits.argmax(-1).tolist()):
+            for (qtype, _, answer), token in zip(asked, logits.argmax(-1).tolist()):
                 key = f"{qtype} {'1 shape' if len(scene.shapes) == 1 else '2-3 shapes'}"
                 hits.setdefault(key, []).append(token == tokenizer(answer, add_special_tokens=False).input_ids[0])
     llm.train()
@@ -162,13 +176,11 @@ def main() -> None:
     test = [sample_scene(scene_rng, 96) for _ in range(args.test_scenes)]
     present = [1 / len(s.shapes) for s in test if len(s.shapes) > 1]
     print(f"naming a random shape present on 2-3 shape images: {sum(present) / len(present):.0%}")
-    print(f"{'tokens':<10} {'steps':>5}  " + "  ".join(f"{k:>17}" for k in
-          ("color 1 shape", "color 2-3 shapes", "shape 1 shape", "shape 2-3 shapes")))
+    print(f"{'tokens':<10} {'steps':>5}  " + "  ".join(f"{k:>17}" for k in COLUMNS))
     for tokens in args.tokens:
         for step, r in run(tokens, args.steps, args.eval_at, args.batch_size, args.lr, tokenizer,
                            cfg.model.llm.model, template, train, test, seed=0):
-            print(f"{tokens:<10} {step:>5}  " + "  ".join(f"{r[k]:>17.0%}" for k in
-                  ("color 1 shape", "color 2-3 shapes", "shape 1 shape", "shape 2-3 shapes")), flush=True)
+            print(f"{tokens:<10} {step:>5}  " + "  ".join(f"{r[k]:>17.0%}" for k in COLUMNS), flush=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,10 @@ class Shape:
     size: str
     position: str
     bbox: tuple[int, int, int, int]
-    rgb: tuple[int, int, int]
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return COLORS[self.color]
 
     @property
     def cx(self) -> float:
@@ -147,7 +150,7 @@ def sample_scene(rng: random.Random, image_size: int) -> Scene:
         x1 = col * cell + (cell - side) // 2
         y1 = row * cell + (cell - side) // 2
         box = (x1, y1, x1 + side, y1 + side)
-        shapes.append(Shape(kind, color, size, POSITIONS[index], box, COLORS[color]))
+        shapes.append(Shape(kind, color, size, POSITIONS[index], box))
     return Scene(background, tuple(shapes))  # type: ignore[arg-type]
 
 

@@ -114,10 +114,11 @@ def test_plain_template_answers_each_question_alone(demo_checkpoint: Path, pictu
     assert chat.prompt_ids(conversation, "And blue?") == chat.prompt_ids(Conversation(conversation.image), "x")
 
 
-def _remembering_checkpoint(data_dir: Path, folder: Path, picture: Path) -> tuple[ChatModel, Path, str]:
+def _remembering_checkpoint(data_dir: Path, folder: Path, picture: Path) -> tuple[ChatModel, Path, str, list[str]]:
     """A random demo checkpoint whose answer to a follow-up question changes when the first exchange
     ("What color is the circle?") comes before it, so a chat's second answer shows whether it remembered the
-    first. Random weights often answer everything alike, so this tries a few seeds and follow-ups."""
+    first. Random weights often answer everything alike, so this tries a few seeds and follow-ups. Returns the
+    chat, the checkpoint, the follow-up and the greedy answers to the first question and then the follow-up."""
     follow_ups = ("Where is the square?", "How many shapes are in the image?", "What shape is the blue object?")
     for seed in range(6):
         (folder / f"seed{seed}").mkdir()
@@ -129,8 +130,9 @@ def _remembering_checkpoint(data_dir: Path, folder: Path, picture: Path) -> tupl
             return ["".join(chat.answer(conversation, q, GREEDY)).strip() for q in questions]
 
         for follow_up in follow_ups:
-            if answers("What color is the circle?", follow_up)[1] != answers(follow_up)[0]:
-                return chat, checkpoint, follow_up
+            exchange = answers("What color is the circle?", follow_up)
+            if exchange[1] != answers(follow_up)[0]:
+                return chat, checkpoint, follow_up, exchange
     raise AssertionError("no seed gives a follow-up answered differently with and without the first exchange")
 
 
@@ -141,12 +143,8 @@ def test_terminal_chat_in_a_pseudo_terminal(data_dir: Path, tmp_path: Path) -> N
     picture = draw_shapes(tmp_path / "shapes.png")
     other = draw_shapes(tmp_path / "other.png", size=(40, 40))
     (tmp_path / "notes.txt").write_text("not a picture")
-    chat, checkpoint, follow_up = _remembering_checkpoint(data_dir, tmp_path, picture)
-
     # what the model says, worked out here with the same greedy settings
-    conversation = _conversation(chat, picture)
-    first = "".join(chat.answer(conversation, "What color is the circle?", GREEDY)).strip()
-    second = "".join(chat.answer(conversation, follow_up, GREEDY)).strip()
+    chat, checkpoint, follow_up, (first, second) = _remembering_checkpoint(data_dir, tmp_path, picture)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "dumb"}
     session = pexpect.spawn(
