@@ -5,12 +5,16 @@ The image is the demo's 3x3 grid as nine tokens given to the LLM as embeddings; 
 ``additive``: a shape's token is a learned colour vector plus a learned kind vector (an ideal projector on ideal
 features); empty cells share one learned vector. ``entangled``: the same plus a fixed random vector per
 colour-and-kind pair, three times the embeddings' initial scale, like the part of a random tower's patch feature
-that colour and kind do not explain additively. Training: one conversation per scene asking every shape's
-colour and kind in the demo's ChatML template (the LLM and tokenizer are the demo's, from ``conf/``).
+that colour and kind do not explain additively. ``opaque``: a fixed random 128-d code per colour-and-kind pair
+(and one for empty cells) through a learned ``mlp2x_gelu`` projector, like a frozen tower's features with
+nothing additive about them. Training: one conversation per scene in the demo's ChatML template (the LLM and
+tokenizer are the demo's, from ``conf/``), asking every shape's colour and kind (``--questions all``) or one of
+them (``--questions one``).
 Evaluation: the first answer token for each shape of held-out scenes, on one-shape and on two- or three-shape
 images, against the accuracy of naming a random shape present. README, "The embedded demo", quotes it.
 
-    OMP_NUM_THREADS=1 nice python bench/binding.py   # both kinds of token, 500 of 1,500 steps each: 15 min
+    OMP_NUM_THREADS=1 nice python bench/binding.py   # additive and entangled, 500 of 1,500 steps each: 15 min
+    OMP_NUM_THREADS=1 nice python bench/binding.py --tokens entangled opaque --questions one --batch-size 48
 """
 
 from __future__ import annotations
@@ -45,9 +49,11 @@ from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID  # noqa: E402
 from llava_pl.data.conversation import parse_record  # noqa: E402
 from llava_pl.data.tokenization import tokenize_segments  # noqa: E402
 from llava_pl.generate import prompt_ids  # noqa: E402
+from llava_pl.model.projector import MLPProjector  # noqa: E402
 from llava_pl.resolvers import register_resolvers  # noqa: E402
 
 CELLS = len(POSITIONS)
+CODE_WIDTH = 128  # the demo's vision tower width
 COLUMNS = ("color 1 shape", "color 2-3 shapes", "shape 1 shape", "shape 2-3 shapes")
 
 
@@ -83,10 +89,32 @@ class GridTokens(torch.nn.Module):
         return torch.stack(tokens)
 
 
-def training_example(scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerBase, template) -> Example:
-    """One conversation asking every shape's colour and kind in a random order, tokenized as training does."""
+class OpaqueGridTokens(torch.nn.Module):
+    """The nine image tokens of a scene: a fixed random code per colour-and-kind pair (one for empty cells) through
+    a learned two-layer GELU projector."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        codes = torch.randn(len(COLORS) * len(KINDS) + 1, CODE_WIDTH, generator=torch.Generator().manual_seed(2))
+        self.register_buffer("codes", codes)  # the last row is the empty cell's
+        self.projector = MLPProjector(CODE_WIDTH, width)
+
+    def forward(self, scene: Scene) -> torch.Tensor:
+        index = [len(self.codes) - 1] * CELLS
+        for shape in scene.shapes:
+            index[POSITIONS.index(shape.position)] = list(COLORS).index(shape.color) * len(KINDS) + KINDS.index(
+                shape.kind)
+        return self.projector(self.codes[index])
+
+
+def training_example(
+    scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerBase, template, one_question: bool = False
+) -> Example:
+    """One conversation asking every shape's colour and kind in a random order (``one_question``: only the first
+    of them), tokenized as training does."""
     pairs = [(question, answer) for _, question, answer in questions(scene)]
     rng.shuffle(pairs)
+    pairs = pairs[:1] if one_question else pairs
     turns = []
     for i, (question, answer) in enumerate(pairs):
         text = (f"{IMAGE_TOKEN}\n" if i == 0 else "") + question + SHORT_ANSWER_SUFFIX
@@ -129,17 +157,20 @@ def evaluate(llm, grid, tokenizer, template, scenes: list[Scene]) -> dict[str, f
 
 
 def run(tokens: str, steps: int, eval_at: list[int], batch_size: int, lr: float, tokenizer: PreTrainedTokenizerBase,
-        llm_cfg, template, train: list[Scene], test: list[Scene], seed: int) -> Iterator[tuple[int, dict[str, float]]]:
+        llm_cfg, template, train: list[Scene], test: list[Scene], seed: int,
+        one_question: bool = False) -> Iterator[tuple[int, dict[str, float]]]:
     """Trains on a cosine schedule of ``steps`` steps and yields the evaluation at each step of ``eval_at``."""
     torch.manual_seed(seed)
     llm = instantiate(llm_cfg, tokenizer=tokenizer)
-    grid = GridTokens(llm.config.hidden_size, llm.config.initializer_range, 3.0 if tokens == "entangled" else 0.0)
+    width = llm.config.hidden_size
+    grid = (OpaqueGridTokens(width) if tokens == "opaque" else
+            GridTokens(width, llm.config.initializer_range, 3.0 if tokens == "entangled" else 0.0))
     params = [*llm.parameters(), *grid.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, int(0.03 * steps), steps)
     rng = random.Random(seed)
     for step in range(1, max(eval_at) + 1):
-        batch = [training_example(rng.choice(train), rng, tokenizer, template) for _ in range(batch_size)]
+        batch = [training_example(rng.choice(train), rng, tokenizer, template, one_question) for _ in range(batch_size)]
         rows = [e.input_ids for e in batch]
         mask = torch.tensor(_pad([[1] * len(r) for r in rows], 0))
         labels = torch.tensor(_pad([e.labels for e in batch], IGNORE_INDEX))
@@ -156,7 +187,10 @@ def run(tokens: str, steps: int, eval_at: list[int], batch_size: int, lr: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", nargs="+", default=["additive", "entangled"], choices=["additive", "entangled"])
+    parser.add_argument("--tokens", nargs="+", default=["additive", "entangled"],
+                        choices=["additive", "entangled", "opaque"])
+    parser.add_argument("--questions", choices=["all", "one"], default="all",
+                        help="per training conversation: every shape's colour and kind, or one of those questions")
     parser.add_argument("--steps", type=int, default=1500, help="length of the cosine learning-rate schedule")
     parser.add_argument("--eval-at", type=int, nargs="+", default=[250, 500], help="steps to evaluate at; "
                         "training stops at the last")
@@ -179,7 +213,7 @@ def main() -> None:
     print(f"{'tokens':<10} {'steps':>5}  " + "  ".join(f"{k:>17}" for k in COLUMNS))
     for tokens in args.tokens:
         for step, r in run(tokens, args.steps, args.eval_at, args.batch_size, args.lr, tokenizer,
-                           cfg.model.llm.model, template, train, test, seed=0):
+                           cfg.model.llm.model, template, train, test, seed=0, one_question=args.questions == "one"):
             print(f"{tokens:<10} {step:>5}  " + "  ".join(f"{r[k]:>17.0%}" for k in COLUMNS), flush=True)
 
 

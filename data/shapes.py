@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -63,10 +63,15 @@ DETAIL_INSTRUCTIONS: tuple[str, ...] = (
     "What do you see in this image? Please describe it thoroughly.",
 )
 
-# Share of training images that get each kind of instruction record. Short questions carry the most signal
-# per token for a model that learns to see from scratch, so every image gets a conversation.
+# Instruction records of each kind per training image: a share below 1 is the chance that an image gets one, a
+# larger value the expected number (2.5: two or three). Short questions carry the most signal per token for a
+# model that learns to see from scratch, so every image gets a conversation.
 INSTRUCT_MIX: dict[str, float] = {"conversation": 1.0, "detail": 0.5, "reasoning": 0.25}
+CONVERSATION_TURNS: tuple[int, int] = (3, 6)  # question-answer pairs per conversation, fewest and most
 SHORT_ANSWER_SHARE = 0.85  # of conversation questions asked with the short-answer suffix
+# Of instruction records, the share with the image token after the first instruction rather than before it:
+# LLaVA's data has it either way roughly equally often; LLaVA-1.5's evaluation, and this demo's, put it first.
+IMAGE_AFTER_SHARE = 0.5
 # How often a conversation turn asks each kind of question. Colour and shape carry the most weight: a model that
 # learns to see from scratch reads an object's kind last, and needs the most examples of it.
 QUESTION_MIX: dict[str, float] = {"color": 0.3, "shape": 0.3, "position": 0.15, "count": 0.1, "exists": 0.15}
@@ -209,9 +214,8 @@ def _shape_word(n: int) -> str:
     return f"{NUMBER_WORDS[n]} shape" + ("" if n == 1 else "s")
 
 
-def _with_image(rng: random.Random, text: str) -> str:
-    # LLaVA data puts the image token before or after the first instruction roughly equally often.
-    return f"{IMAGE_TOKEN}\n{text}" if rng.random() < 0.5 else f"{text}\n{IMAGE_TOKEN}"
+def _with_image(rng: random.Random, text: str, after_share: float = IMAGE_AFTER_SHARE) -> str:
+    return f"{text}\n{IMAGE_TOKEN}" if rng.random() >= 1 - after_share else f"{IMAGE_TOKEN}\n{text}"
 
 
 # Short question/answer pairs; the same wording is used for instruct training data and the test questions.
@@ -280,30 +284,42 @@ def _caption_record(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape
     }
 
 
-def _conversation(rng: random.Random, shapes: tuple[Shape, ...]) -> list[dict]:
-    n_pairs = rng.randint(3, 6)
+def _conversation(
+    rng: random.Random,
+    shapes: tuple[Shape, ...],
+    turns_range: tuple[int, int],
+    question_mix: dict[str, float],
+    image_after_share: float,
+) -> list[dict]:
+    n_pairs = rng.randint(*turns_range)
     seen: set[str] = set()
+    asked: set[Shape] = set()
     turns: list[dict] = []
     while len(turns) < 2 * n_pairs:
-        kind = rng.choices(list(QUESTION_MIX), weights=list(QUESTION_MIX.values()))[0]
+        kind = rng.choices(list(question_mix), weights=list(question_mix.values()))[0]
         short = rng.random() < SHORT_ANSWER_SHARE
+        # A shape not asked about yet, while there is one: an earlier answer about the same shape would give
+        # this one away in text ("the red object is a circle" → "what colour is the circle?").
+        target = rng.choice([s for s in shapes if s not in asked] or list(shapes))
         if kind == "color":
-            q, a = color_qa(rng.choice(shapes), short)
+            q, a = color_qa(target, short)
         elif kind == "shape":
-            q, a = shape_qa(rng.choice(shapes), short)
+            q, a = shape_qa(target, short)
         elif kind == "count":
             q, a = count_qa(shapes, short)
         elif kind == "position":
-            q, a = position_qa(rng.choice(shapes), short)
+            q, a = position_qa(target, short)
         else:
             q, a = _exists_qa(rng, shapes, short)
         if q in seen:
             continue
         seen.add(q)
+        if kind in ("color", "shape", "position"):
+            asked.add(target)
         if short:
             q += SHORT_ANSWER_SUFFIX
         if not turns:
-            q = _with_image(rng, q)
+            q = _with_image(rng, q, image_after_share)
         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return turns
 
@@ -475,21 +491,29 @@ def _reasoning(rng: random.Random, shapes: tuple[Shape, ...]) -> tuple[str, str]
 
 
 def _instruct_records(
-    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...], mix: dict[str, float]
+    rng: random.Random,
+    stem: str,
+    rel: str,
+    shapes: tuple[Shape, ...],
+    mix: dict[str, float],
+    turns_range: tuple[int, int],
+    question_mix: dict[str, float],
+    image_after_share: float,
 ) -> list[dict]:
     def single(q: str, a: str) -> list[dict]:
-        return [{"from": "human", "value": _with_image(rng, q)}, {"from": "gpt", "value": a}]
+        return [{"from": "human", "value": _with_image(rng, q, image_after_share)}, {"from": "gpt", "value": a}]
 
     makers = {
-        "conversation": lambda: _conversation(rng, shapes),
+        "conversation": lambda: _conversation(rng, shapes, turns_range, question_mix, image_after_share),
         "detail": lambda: single(rng.choice(DETAIL_INSTRUCTIONS), _detail(shapes)),
         "reasoning": lambda: single(*_reasoning(rng, shapes)),
     }
-    return [
-        {"id": stem, "type": kind, "image": rel, "conversations": make()}
-        for kind, make in makers.items()
-        if rng.random() < mix[kind]
-    ]
+    records = []
+    for kind, make in makers.items():
+        share = mix[kind]
+        for _ in range(int(share) + (rng.random() < share % 1)):
+            records.append({"id": stem, "type": kind, "image": rel, "conversations": make()})
+    return records
 
 
 def _test_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> list[dict]:
@@ -539,15 +563,28 @@ def generate_shapes_dataset(
     n_test: int = 300,
     image_size: int = 48,
     instruct_mix: dict[str, float] | None = None,
+    conversation_turns: tuple[int, int] | list[int] = CONVERSATION_TURNS,
+    question_mix: dict[str, float] | None = None,
+    image_after_share: float = IMAGE_AFTER_SHARE,
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
-    ``instruct_mix`` is the share of training images given each kind of instruction record (``INSTRUCT_MIX``
-    by default).
+    ``instruct_mix``: instruction records of each kind per training image (``INSTRUCT_MIX`` by default);
+    ``conversation_turns``: the fewest and most question-answer pairs of a conversation; ``question_mix``: how
+    often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
+    of instruction records, the share with the image after the first instruction.
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
-    if set(mix) != set(INSTRUCT_MIX) or not all(0.0 <= share <= 1.0 for share in mix.values()):
-        raise ValueError(f"instruct_mix needs a share in [0, 1] for each of {sorted(INSTRUCT_MIX)}, got {mix}")
+    if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
+        raise ValueError(f"instruct_mix needs a number ≥ 0 for each of {sorted(INSTRUCT_MIX)}, got {mix}")
+    questions_mix = dict(QUESTION_MIX if question_mix is None else question_mix)
+    if set(questions_mix) != set(QUESTION_MIX) or min(questions_mix.values()) < 0 or not any(questions_mix.values()):
+        raise ValueError(f"question_mix needs a weight ≥ 0 for each of {sorted(QUESTION_MIX)}, got {questions_mix}")
+    turns_range = tuple(conversation_turns)
+    if len(turns_range) != 2 or not 1 <= turns_range[0] <= turns_range[1]:
+        raise ValueError(f"conversation_turns must be [fewest, most], 1 ≤ fewest ≤ most, got {conversation_turns}")
+    if not 0.0 <= image_after_share <= 1.0:
+        raise ValueError(f"image_after_share must be in [0, 1], got {image_after_share}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -555,7 +592,9 @@ def generate_shapes_dataset(
         raise ValueError("split sizes must be non-negative")
     out = pathlib.Path(out_dir)
     params = {"format_version": FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-              "n_test": n_test, "image_size": image_size, "instruct_mix": mix}
+              "n_test": n_test, "image_size": image_size, "instruct_mix": mix,
+              "conversation_turns": list(turns_range), "question_mix": questions_mix,
+              "image_after_share": image_after_share}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -584,7 +623,11 @@ def generate_shapes_dataset(
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
                 captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
-                instruct.extend(_instruct_records(text_rng, stem, rel, scene.shapes, mix))
+                instruct.extend(
+                    _instruct_records(
+                        text_rng, stem, rel, scene.shapes, mix, turns_range, questions_mix, image_after_share
+                    )
+                )
             else:
                 questions.extend(_test_questions(text_rng, stem, rel, scene.shapes))
         _write_json(out / f"meta_{split}.json", meta)

@@ -11,6 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.lora import apply_lora, has_lora
+from llava_pl.model.centering import feature_sum, fold_input_mean
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.speed import compile_blocks, vision_towers
@@ -45,9 +46,12 @@ class LlavaModule(L.LightningModule):
         stage: StageConfig,
         model_config: dict[str, Any] | None = None,
         image_aspect: str = "pad",
+        center_projector: bool = False,
     ) -> None:
         """``model_config`` (the resolved ``model`` config) is recorded so that a checkpoint can rebuild
-        the model for inference and export on its own."""
+        the model for inference and export on its own. ``center_projector``: before the first optimizer step
+        of a run that starts at step 0, fold the mean vision feature of the first batch (over all processes)
+        into the projector's first bias (``llava_pl.model.centering``)."""
         super().__init__()
         self.model = model
         self.stage = stage
@@ -64,6 +68,7 @@ class LlavaModule(L.LightningModule):
         if stage.compile_blocks:
             compile_blocks(model)
         model.feature_cache = VisionFeatureCache() if stage.vision_feature_cache else None
+        self.center_projector = center_projector
 
     def configure_model(self) -> None:
         """Shards the model per transformer block under ``strategy=fsdp`` (Lightning calls this once the
@@ -99,7 +104,29 @@ class LlavaModule(L.LightningModule):
             return_logits=not self.stage.supervised_logits_only,
         )
 
+    def _center_projector_on(self, pixel_values: torch.Tensor) -> None:
+        """Centres the projector on this batch's vision features, summed over all processes, once it has seen
+        any (a resumed run has centred already: its weights come from the checkpoint)."""
+        if self.trainer.global_step > 0:
+            self.center_projector = False
+            return
+        with torch.no_grad():
+            if len(pixel_values):
+                total, count = feature_sum(self.model.vision, pixel_values)
+            else:
+                total, count = torch.zeros(self.model.vision.hidden_size, device=self.device), 0
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        count = int(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum"))
+        if count == 0:
+            return  # a text-only first batch: try the next one
+        mean = total / count
+        fold_input_mean(self.model.projector, mean)
+        self.center_projector = False
+        self.print(f"centred the projector on the mean of {count} vision features (norm {mean.norm():.2f})")
+
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
+        if self.center_projector:
+            self._center_projector_on(batch["pixel_values"])
         loss = self(batch)["loss"]
         size = len(batch["images_per_sample"])  # samples, also when packed into one row
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

@@ -108,10 +108,12 @@ def fit_stage(
     tokenizer: PreTrainedTokenizerBase,
     run_dir: Path,
     ckpt_path: str | None = None,
+    center_projector: bool = False,
 ) -> L.Trainer:
     """Trains one stage (or resumes it from ``ckpt_path``); its checkpoints and projector weights go to
     ``run_dir/<stage name>/``. Afterwards ``trainer.lightning_module.model`` is the trained model as one plain
-    module, also after a sharding strategy."""
+    module, also after a sharding strategy. ``center_projector``: the projector is fresh, centre it on the
+    first batch's vision features."""
     stage_dir = run_dir / stage.name
     data = datamodule_class(cfg.data)(  # LlavaDataModule, or data.datamodule (data=wds streams shards)
         **cfg.data.sets[stage.dataset],
@@ -126,7 +128,8 @@ def fit_stage(
     if cfg.data.get("packing"):
         log.info(f"packing: the LLM attends within each sample with {use_varlen_attention(model.llm)} attention")
     data.connect(tokenizer, instantiate(stage.template), model.vision.image_processor, model.tokens_per_image)
-    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect)
+    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect,
+                         center_projector=center_projector)
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", **cfg.checkpoint)
     extra_callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     extra_callbacks.append(DataCounts())  # data/samples/<source>, data/bad_samples/<reason>, end-of-stage summary
@@ -207,9 +210,12 @@ def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopReq
         model = model_from_checkpoint(cfg.model, tokenizer, load_checkpoint(final))
     else:
         model = build_model(cfg.model, tokenizer)
-    for stage, ckpt_path in plan:
+    # model.center_projector centres a fresh projector: neither trained by an earlier stage nor loaded
+    fresh_projector = not completed and not cfg.model.get("projector_weights")
+    for index, (stage, ckpt_path) in enumerate(plan):
         stop.raise_if_requested()
-        model = fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path).lightning_module.model
+        center = bool(cfg.model.get("center_projector")) and fresh_projector and index == 0 and ckpt_path is None
+        model = fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path, center).lightning_module.model
     stop.raise_if_requested()
     results = (evaluate(cfg, model, tokenizer, run_dir) or {}) if cfg.get("evaluation") else {}
     if results:

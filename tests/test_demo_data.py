@@ -139,6 +139,38 @@ def test_instruct_mix_sets_the_share_of_each_record_kind(tmp_path: pathlib.Path)
         generate_shapes_dataset(tmp_path / "bad", **SMALL, instruct_mix={"detail": 1.0})
 
 
+def test_conversation_options(tmp_path: pathlib.Path) -> None:
+    options = {
+        "instruct_mix": {"conversation": 2.5, "detail": 0.0, "reasoning": 0.0},
+        "conversation_turns": [1, 2],
+        "question_mix": {"color": 1.0, "shape": 1.0, "position": 0.0, "count": 0.0, "exists": 0.0},
+        "image_after_share": 0.0,
+    }
+    params = {**SMALL, "n_train": 200}
+    out = generate_shapes_dataset(tmp_path / "opts", **params, **options)
+    records = _load(out, "instruct_train.json")
+    per_image = Counter(rec["image"] for rec in records)
+    assert set(per_image.values()) == {2, 3}  # 2.5 per image: two or three
+    assert 2.3 < len(records) / params["n_train"] < 2.7
+    meta = _meta_by_image(out)
+    turn_counts = Counter()
+    for rec in records:
+        conv = rec["conversations"]
+        assert rec["type"] == "conversation" and conv[0]["value"].startswith(IMAGE_TOKEN + "\n")
+        questions = [t["value"].replace(IMAGE_TOKEN + "\n", "").replace(SHORT_ANSWER_SUFFIX, "") for t in conv[::2]]
+        turn_counts[len(questions)] += 1
+        assert all(q.startswith(("What color is the", "What shape is the")) for q in questions)
+        if len(meta[rec["image"]]) > 1:  # no turn is about a shape an earlier turn asked about
+            named = [re.search(r"the (\w+)", q)[1] for q in questions]
+            by_word = {w: i for i, s in enumerate(meta[rec["image"]]) for w in (s["color"], s["kind"])}
+            assert len({by_word[w] for w in named}) == len(named), questions
+    assert set(turn_counts) == {1, 2}
+    for bad in ({"conversation_turns": [0, 2]}, {"conversation_turns": [3, 2]}, {"image_after_share": 1.5},
+                {"question_mix": {"color": 1.0}}, {"instruct_mix": {**INSTRUCT_MIX, "detail": -1.0}}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            generate_shapes_dataset(tmp_path / "bad", **SMALL, **bad)
+
+
 def test_train_and_test_images_differ(dataset: pathlib.Path) -> None:
     def contents(split: str) -> set[bytes]:
         return {p.read_bytes() for p in (dataset / "images" / split).glob("*.png")}

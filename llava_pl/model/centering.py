@@ -1,0 +1,40 @@
+"""Centring a fresh projector on its vision encoder's features.
+
+A vision tower's patch features can share one large vector: a random tower's on the demo's light images
+(README, "The embedded demo"), or a pretrained one's few outsized channels. Behind a fresh projector, that
+shared part becomes most of every image token, and what tells one patch from another is a small remainder.
+Folding the features' mean into the first linear layer's bias makes the projector start on mean-free
+features, with nothing else about it changed: same layers, same checkpoint format.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def first_linear(projector: nn.Module) -> nn.Linear:
+    """The linear layer that reads the vision features."""
+    layer = next((module for module in projector.modules() if isinstance(module, nn.Linear)), None)
+    if layer is None or layer.bias is None:
+        raise ValueError(f"centring needs a projector that starts with a linear layer with a bias, got {projector}")
+    return layer
+
+
+def feature_sum(vision: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum over images and positions of the encoder's output features, and how many feature vectors that is."""
+    features = vision(pixel_values).float()
+    return features.sum(dim=(0, 1)), features.shape[0] * features.shape[1]
+
+
+def fold_input_mean(projector: nn.Module, mean: torch.Tensor) -> None:
+    """Makes ``projector(x)`` compute what it computed for ``x - mean``: the first layer's bias absorbs
+    ``-W @ mean``."""
+    layer = first_linear(projector)
+    if layer.weight.dim() != 2 or layer.weight.shape[1] != mean.numel():
+        raise ValueError(
+            f"cannot centre a sharded projector (its first weight has shape {tuple(layer.weight.shape)}, "
+            f"features have {mean.numel()} channels): model.center_projector works with strategy=auto or ddp"
+        )
+    with torch.no_grad():
+        layer.bias -= (layer.weight.float() @ mean.to(layer.weight.device)).to(layer.bias.dtype)
