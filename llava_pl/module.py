@@ -11,7 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.lora import apply_lora, has_lora
-from llava_pl.model.centering import feature_sum, fold_input_mean
+from llava_pl.model.centering import check_unsharded, feature_sum, fold_input_mean
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.speed import compile_blocks, vision_towers
@@ -110,6 +110,7 @@ class LlavaModule(L.LightningModule):
         if self.trainer.global_step > 0:
             self.center_projector = False
             return
+        check_unsharded(self.model.projector, self.model.vision.hidden_size)  # before the tower runs unwrapped
         with torch.no_grad():
             if len(pixel_values):
                 total, count = feature_sum(self.model.vision, pixel_values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def first_linear(projector: nn.Module) -> nn.Linear:
@@ -27,14 +28,22 @@ def feature_sum(vision: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Te
     return features.sum(dim=(0, 1)), features.shape[0] * features.shape[1]
 
 
+def check_unsharded(projector: nn.Module, channels: int) -> nn.Linear:
+    """The projector's first layer, if it is whole on this process (not an FSDP DTensor or a ZeRO-3 partition)."""
+    layer = first_linear(projector)
+    weight = layer.weight
+    if isinstance(weight, DTensor) or weight.dim() != 2 or weight.shape[1] != channels:
+        raise ValueError(
+            f"cannot centre a sharded projector (its first weight is a {type(weight).__name__} of shape "
+            f"{tuple(weight.shape)}, features have {channels} channels): model.center_projector works with "
+            "strategy=auto or ddp"
+        )
+    return layer
+
+
 def fold_input_mean(projector: nn.Module, mean: torch.Tensor) -> None:
     """Makes ``projector(x)`` compute what it computed for ``x - mean``: the first layer's bias absorbs
     ``-W @ mean``."""
-    layer = first_linear(projector)
-    if layer.weight.dim() != 2 or layer.weight.shape[1] != mean.numel():
-        raise ValueError(
-            f"cannot centre a sharded projector (its first weight has shape {tuple(layer.weight.shape)}, "
-            f"features have {mean.numel()} channels): model.center_projector works with strategy=auto or ddp"
-        )
+    layer = check_unsharded(projector, mean.numel())
     with torch.no_grad():
         layer.bias -= (layer.weight.float() @ mean.to(layer.weight.device)).to(layer.bias.dtype)
