@@ -1,8 +1,8 @@
 """Centring a fresh projector on its vision encoder's features.
 
-A vision tower's patch features can share one large vector: a random tower's on the demo's light images
-(README, "The embedded demo"), or a pretrained one's few outsized channels. Behind a fresh projector, that
-shared part becomes most of every image token, and what tells one patch from another is a small remainder.
+A vision tower's patch features can share one large vector, as a random tower's do on the demo's light images
+(README, "Centring the projector"). Behind a fresh projector, that shared part becomes most of every image
+token, and what tells one patch from another is a small remainder.
 Folding the features' mean into the first linear layer's bias makes the projector start on mean-free
 features, with nothing else about it changed: same layers, same checkpoint format.
 """
