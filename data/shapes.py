@@ -215,7 +215,7 @@ def _shape_word(n: int) -> str:
 
 
 def _with_image(rng: random.Random, text: str, after_share: float = IMAGE_AFTER_SHARE) -> str:
-    return f"{text}\n{IMAGE_TOKEN}" if rng.random() >= 1 - after_share else f"{IMAGE_TOKEN}\n{text}"
+    return f"{IMAGE_TOKEN}\n{text}" if rng.random() < 1 - after_share else f"{text}\n{IMAGE_TOKEN}"
 
 
 # Short question/answer pairs; the same wording is used for instruct training data and the test questions.

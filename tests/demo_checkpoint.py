@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
+from llava_pl.chat_engine import ChatModel
 from llava_pl.model.build import build_model
 from llava_pl.module import LlavaModule
 from llava_pl.train import selected_stages
@@ -28,10 +30,19 @@ def save_demo_checkpoint(data_dir: Path, folder: Path, seed: int = 0) -> Path:
     model = build_model(cfg.model, tokenizer)
     module = LlavaModule(model, selected_stages(cfg)[0], OmegaConf.to_container(cfg.model, resolve=True),
                          cfg.data.image_aspect)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "last.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": L.__version__}, path)
     return path
+
+
+def seeded_checkpoints(data_dir: Path, folder: Path, seeds: int) -> Iterator[tuple[Path, ChatModel]]:
+    """Random demo checkpoints of seeds 0, 1, ... (each in ``folder/seed<n>``) and a chat model on each, for tests
+    that need random weights with some property: random weights often answer everything alike."""
+    for seed in range(seeds):
+        checkpoint = save_demo_checkpoint(data_dir, folder / f"seed{seed}", seed=seed)
+        yield checkpoint, ChatModel.from_path(checkpoint, device="cpu")
 
 
 def draw_shapes(path: Path, size: tuple[int, int] = (64, 48)) -> Path:

@@ -15,7 +15,7 @@ from llava_pl.chat_engine import ChatInputError, ChatModel, Conversation, Sampli
 from llava_pl.constants import IMAGE_TOKEN_ID
 from llava_pl.generate import Answerer, prompt_ids
 from tests.conftest import CONF_DIR
-from tests.demo_checkpoint import demo_checkpoint, draw_shapes, save_demo_checkpoint  # noqa: F401  (a fixture)
+from tests.demo_checkpoint import demo_checkpoint, draw_shapes, seeded_checkpoints  # noqa: F401  (a fixture)
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
 
@@ -120,10 +120,7 @@ def _remembering_checkpoint(data_dir: Path, folder: Path, picture: Path) -> tupl
     first. Random weights often answer everything alike, so this tries a few seeds and follow-ups. Returns the
     chat, the checkpoint, the follow-up and the greedy answers to the first question and then the follow-up."""
     follow_ups = ("Where is the square?", "How many shapes are in the image?", "What shape is the blue object?")
-    for seed in range(6):
-        (folder / f"seed{seed}").mkdir()
-        checkpoint = save_demo_checkpoint(data_dir, folder / f"seed{seed}", seed=seed)
-        chat = ChatModel.from_path(checkpoint, device="cpu")
+    for checkpoint, chat in seeded_checkpoints(data_dir, folder, 6):
 
         def answers(*questions: str) -> list[str]:
             conversation = _conversation(chat, picture)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from llava_pl.chat_engine import ChatModel, Conversation, Sampling, open_image
 from tests.conftest import CONF_DIR
-from tests.demo_checkpoint import draw_shapes, save_demo_checkpoint
+from tests.demo_checkpoint import draw_shapes, seeded_checkpoints
 
 DEMO_INSTALL = 'pip install -e ".[demo,test]"'
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,10 +31,8 @@ def demo_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     once, and an empty answer would not show the streaming."""
     folder = tmp_path_factory.mktemp("talking_checkpoint")
     picture = draw_shapes(folder / "shapes.png")
-    for seed in range(8):
-        (folder / f"seed{seed}").mkdir()
-        path = save_demo_checkpoint(data_dir, folder / f"seed{seed}", seed)
-        if _expected_answer(ChatModel.from_path(path, device="cpu"), picture, "What color is the circle?", 6):
+    for path, chat in seeded_checkpoints(data_dir, folder, 8):
+        if _expected_answer(chat, picture, "What color is the circle?", 6):
             return path
     pytest.fail("none of 8 random demo checkpoints answers anything")
 
