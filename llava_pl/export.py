@@ -18,7 +18,7 @@ from llava_pl.constants import IMAGE_PLACEHOLDER
 from llava_pl.fault.atomic import atomic_path
 from llava_pl.lora import has_lora
 from llava_pl.model.llava import LlavaModel
-from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
+from llava_pl.model.projector import HF_LLAVA_LAYERS, INPUT_CENTER, MLPProjector
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -61,8 +61,13 @@ def _projector_state(model: LlavaModel) -> dict[str, torch.Tensor]:
             "LlavaForConditionalGeneration, whose projector is linear → GELU → linear; train with "
             "model/projector=mlp2x_gelu to export"
         )
+    layers = dict(projector.state_dict())
+    center = layers.pop(INPUT_CENTER)
+    # linear_1 reads uncentred features: W @ (x - center) + b == W @ x + (b - W @ center)
+    weight, bias = layers["0.weight"], layers["0.bias"]
+    layers["0.bias"] = (bias.float() - weight.float() @ center.float()).to(bias.dtype)
     state = {}
-    for key, tensor in projector.state_dict().items():
+    for key, tensor in layers.items():
         index, name = key.split(".")
         state[f"model.multi_modal_projector.{HF_LLAVA_LAYERS[index]}.{name}"] = tensor
     return state

@@ -11,7 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.lora import apply_lora, has_lora
-from llava_pl.model.centering import check_unsharded, feature_sum, fold_input_mean
+from llava_pl.model.centering import check_unsharded, feature_sum, set_input_center
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.speed import compile_blocks, vision_towers
@@ -121,7 +121,7 @@ class LlavaModule(L.LightningModule):
         if count == 0:
             return  # a text-only first batch: try the next one
         mean = total / count
-        fold_input_mean(self.model.projector, mean)
+        set_input_center(self.model.projector, mean)
         self.center_projector = False
         self.print(f"centred the projector on the mean of {count} vision features (norm {mean.norm():.2f})")
 

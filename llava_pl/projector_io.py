@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
+import torch
 from torch import nn
 
 from llava_pl.fault.atomic import atomic_path
+from llava_pl.model.projector import INPUT_CENTER
 
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -30,6 +32,8 @@ def load_projector(projector: nn.Module, path: str | Path) -> None:
         raise FileNotFoundError(f"projector weights not found: {path}")
     state = load_file(str(path))
     expected = projector.state_dict()
+    if INPUT_CENTER in expected and INPUT_CENTER not in state:  # written before projectors had a centre
+        state[INPUT_CENTER] = torch.zeros_like(expected[INPUT_CENTER])
     if set(state) != set(expected):
         raise ValueError(f"{path}: projector keys {sorted(state)} do not match the model's {sorted(expected)}")
     for name, tensor in state.items():

@@ -49,6 +49,8 @@ def test_exported_model_matches_logits_and_generation(compose_config, data_dir, 
             for name, parameter in model.llm.named_parameters():
                 if "lora_B" in name:
                     parameter.normal_(0, 0.02)
+    with torch.no_grad():  # a centred projector (model.center_projector): export folds its centre into linear_1
+        model.projector.input_center.normal_(0, 1)
     export(model, tokenizer, tmp_path / "hf")
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "hf")

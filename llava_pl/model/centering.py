@@ -3,8 +3,9 @@
 A vision tower's patch features can share one large vector, as a random tower's do on the demo's light images
 (README, "Centring the projector"). Behind a fresh projector, that shared part becomes most of every image
 token, and what tells one patch from another is a small remainder.
-Folding the features' mean into the first linear layer's bias makes the projector start on mean-free
-features, with nothing else about it changed: same layers, same checkpoint format.
+Setting the projector's ``input_center`` buffer to the features' mean makes it read mean-free features for
+the whole run. Folding the mean into the first bias instead would centre only the start: every update of the
+first weight ``W`` then moves all image tokens together by ``dW @ mean``, and the shared part grows back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+from llava_pl.model.projector import INPUT_CENTER
 
 
 def first_linear(projector: nn.Module) -> nn.Linear:
@@ -41,9 +44,13 @@ def check_unsharded(projector: nn.Module, channels: int) -> nn.Linear:
     return layer
 
 
-def fold_input_mean(projector: nn.Module, mean: torch.Tensor) -> None:
-    """Makes ``projector(x)`` compute what it computed for ``x - mean``: the first layer's bias absorbs
-    ``-W @ mean``."""
-    layer = check_unsharded(projector, mean.numel())
+def set_input_center(projector: nn.Module, mean: torch.Tensor) -> None:
+    """From now on ``projector(x)`` computes what it computed for ``x - mean``, where ``mean`` is the vision
+    features' mean."""
+    check_unsharded(projector, mean.numel())
+    center = getattr(projector, INPUT_CENTER, None)
+    if not isinstance(center, torch.Tensor) or center.shape != mean.shape:
+        raise ValueError(f"centring needs a projector with an {INPUT_CENTER} buffer of shape {tuple(mean.shape)}, "
+                         f"got {type(projector).__name__}")
     with torch.no_grad():
-        layer.bias -= (layer.weight.float() @ mean.to(layer.weight.device)).to(layer.bias.dtype)
+        center.copy_(mean)

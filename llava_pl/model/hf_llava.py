@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from llava_pl.model.architecture import config_source, is_architecture_only
-from llava_pl.model.projector import HF_LLAVA_LAYERS, MLPProjector
+from llava_pl.model.projector import HF_LLAVA_LAYERS, INPUT_CENTER, MLPProjector
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -59,7 +59,7 @@ def projector_from_llava(vision_dim: int, llm_dim: int, name_or_path: str, dtype
         f"{index}.{name}": tensor
         for index, layer in HF_LLAVA_LAYERS.items()
         for name, tensor in getattr(source, layer).state_dict().items()
-    })
+    } | {INPUT_CENTER: torch.zeros(vision_dim, dtype=projector.input_center.dtype)})
     return projector
 
 

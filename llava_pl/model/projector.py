@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+INPUT_CENTER = "input_center"
+"""A projector's buffer subtracted from every vision feature before its first layer: zeros unless
+``model.center_projector`` set it (``llava_pl.model.centering``)."""
+
+
+def _register_input_center(projector: nn.Module, vision_dim: int) -> None:
+    projector.register_buffer(INPUT_CENTER, torch.zeros(vision_dim))
 
 
 class LinearProjector(nn.Linear):
@@ -10,6 +19,10 @@ class LinearProjector(nn.Linear):
 
     def __init__(self, vision_dim: int, llm_dim: int) -> None:
         super().__init__(vision_dim, llm_dim)
+        _register_input_center(self, vision_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features - self.input_center)
 
 
 HF_LLAVA_LAYERS = {"0": "linear_1", "2": "linear_2"}
@@ -26,3 +39,7 @@ class MLPProjector(nn.Sequential):
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(llm_dim, llm_dim)]
         super().__init__(*layers)
+        _register_input_center(self, vision_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features - self.input_center)
