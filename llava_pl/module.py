@@ -50,8 +50,8 @@ class LlavaModule(L.LightningModule):
     ) -> None:
         """``model_config`` (the resolved ``model`` config) is recorded so that a checkpoint can rebuild
         the model for inference and export on its own. ``center_projector``: before the first optimizer step
-        of a run that starts at step 0, fold the mean vision feature of the first batch (over all processes)
-        into the projector's first bias (``llava_pl.model.centering``)."""
+        of a run that starts at step 0, set the projector's input centre to the mean vision feature of the first
+        batch over all processes (``llava_pl.model.centering``)."""
         super().__init__()
         self.model = model
         self.stage = stage
