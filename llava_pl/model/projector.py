@@ -14,12 +14,23 @@ def _register_input_center(projector: nn.Module, vision_dim: int) -> None:
     projector.register_buffer(INPUT_CENTER, torch.zeros(vision_dim))
 
 
+def _zero_input_center(projector: nn.Module) -> None:
+    center = getattr(projector, INPUT_CENTER, None)
+    if center is not None:  # nn.Linear.__init__ resets its weights before the buffer exists
+        with torch.no_grad():
+            center.zero_()
+
+
 class LinearProjector(nn.Linear):
     """LLaVA-1's projector: one linear layer."""
 
     def __init__(self, vision_dim: int, llm_dim: int) -> None:
         super().__init__(vision_dim, llm_dim)
         _register_input_center(self, vision_dim)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        _zero_input_center(self)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(features - self.input_center)
@@ -40,6 +51,10 @@ class MLPProjector(nn.Sequential):
             layers += [nn.GELU(), nn.Linear(llm_dim, llm_dim)]
         super().__init__(*layers)
         _register_input_center(self, vision_dim)
+
+    def reset_parameters(self) -> None:
+        """Zeroes the input centre (``llava_pl.model.build.materialize`` resets the layers themselves)."""
+        _zero_input_center(self)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(features - self.input_center)
