@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llava_pl.fault.atomic import atomic_path
