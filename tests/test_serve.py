@@ -26,20 +26,25 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random demo checkpoint that says something to the tests' question: some random weights end the turn at
-    once, and an empty answer would not show the streaming."""
+def talking_checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ChatModel]:
+    """A random demo checkpoint that says something to the tests' question, and the chat model loaded from it:
+    some random weights end the turn at once, and an empty answer would not show the streaming."""
     folder = tmp_path_factory.mktemp("talking_checkpoint")
     picture = draw_shapes(folder / "shapes.png")
     for path, chat in seeded_checkpoints(data_dir, folder, 8):
         if _expected_answer(chat, picture, "What color is the circle?", 6):
-            return path
+            return path, chat
     pytest.fail("none of 8 random demo checkpoints answers anything")
 
 
 @pytest.fixture(scope="module")
-def chat(demo_checkpoint: Path) -> ChatModel:
-    return ChatModel.from_path(demo_checkpoint, device="cpu")
+def demo_checkpoint(talking_checkpoint: tuple[Path, ChatModel]) -> Path:
+    return talking_checkpoint[0]
+
+
+@pytest.fixture(scope="module")
+def chat(talking_checkpoint: tuple[Path, ChatModel]) -> ChatModel:
+    return talking_checkpoint[1]
 
 
 @pytest.fixture

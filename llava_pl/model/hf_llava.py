@@ -59,7 +59,7 @@ def projector_from_llava(vision_dim: int, llm_dim: int, name_or_path: str, dtype
         f"{index}.{name}": tensor
         for index, layer in HF_LLAVA_LAYERS.items()
         for name, tensor in getattr(source, layer).state_dict().items()
-    } | {INPUT_CENTER: torch.zeros(vision_dim, dtype=projector.input_center.dtype)})
+    } | {INPUT_CENTER: projector.input_center})  # a Llava checkpoint's projector reads uncentred features
     return projector
 
 
