@@ -11,9 +11,9 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -77,6 +77,7 @@ IMAGE_AFTER_SHARE = 0.5
 QUESTION_MIX: dict[str, float] = {"color": 0.3, "shape": 0.3, "position": 0.15, "count": 0.1, "exists": 0.15}
 
 _SUPERSAMPLE = 4  # draw at 4x and box-downsample for anti-aliased edges
+OUTLINE_RGB: tuple[int, int, int] = (25, 25, 25)
 
 
 @dataclass(frozen=True)
@@ -159,28 +160,45 @@ def sample_scene(rng: random.Random, image_size: int) -> Scene:
     return Scene(background, tuple(shapes))  # type: ignore[arg-type]
 
 
-def render_scene(scene: Scene, image_size: int) -> Image.Image:
-    """Render a scene to an RGB PIL image."""
+def _draw_mask(draw: ImageDraw.ImageDraw, s: Shape, f: int) -> None:
+    """Fill a shape's area (at ``f`` times the image's resolution) with 255."""
+    x1, y1, x2, y2 = (v * f for v in s.bbox)
+    cx, cy, w = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1
+    if s.kind == "circle":
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=255)
+    elif s.kind == "square":
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=255)
+    elif s.kind == "triangle":
+        draw.polygon([(cx, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=255)
+    elif s.kind == "diamond":
+        draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=255)
+    elif s.kind == "cross":
+        half = w * 0.18
+        draw.rectangle([cx - half, y1, cx + half - 1, y2 - 1], fill=255)
+        draw.rectangle([x1, cy - half, x2 - 1, cy + half - 1], fill=255)
+    else:
+        raise ValueError(f"unknown kind {s.kind!r}")
+
+
+def render_scene(scene: Scene, image_size: int, outline: int = 0) -> Image.Image:
+    """Render a scene to an RGB PIL image; ``outline`` > 0 draws each shape's rim, that many pixels wide, in
+    ``OUTLINE_RGB`` whatever its colour."""
     f = _SUPERSAMPLE
-    img = Image.new("RGB", (image_size * f, image_size * f), scene.background)
-    draw = ImageDraw.Draw(img)
+    size = (image_size * f, image_size * f)
+    img = Image.new("RGB", size, scene.background)
     for s in scene.shapes:
-        x1, y1, x2, y2 = (v * f for v in s.bbox)
-        cx, cy, w = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1
-        if s.kind == "circle":
-            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=s.rgb)
-        elif s.kind == "square":
-            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=s.rgb)
-        elif s.kind == "triangle":
-            draw.polygon([(cx, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=s.rgb)
-        elif s.kind == "diamond":
-            draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=s.rgb)
-        elif s.kind == "cross":
-            half = w * 0.18
-            draw.rectangle([cx - half, y1, cx + half - 1, y2 - 1], fill=s.rgb)
-            draw.rectangle([x1, cy - half, x2 - 1, cy + half - 1], fill=s.rgb)
-        else:
-            raise ValueError(f"unknown kind {s.kind!r}")
+        mask = Image.new("L", size, 0)
+        _draw_mask(ImageDraw.Draw(mask), s, f)
+        img.paste(s.rgb, mask=mask)
+        if outline > 0:
+            # the rim lies inside the shape's box: erode only there, with a margin of background around it
+            x1, y1, x2, y2 = s.bbox
+            box = ((x1 - 1) * f, (y1 - 1) * f, (x2 + 1) * f, (y2 + 1) * f)
+            area = mask.crop(box)
+            inner = area
+            for _ in range(outline * f):  # k 3x3 erosions: one (2k+1)x(2k+1) erosion, at a fraction of its cost
+                inner = inner.filter(ImageFilter.MinFilter(3))
+            img.paste(OUTLINE_RGB, box, mask=ImageChops.subtract(area, inner))
     return img.resize((image_size, image_size), Image.Resampling.BOX)
 
 
@@ -527,7 +545,8 @@ def _test_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape
         for target in rng.sample(shapes, k):
             qas.append((qtype, *make(target, True)))
     return [
-        {"question_id": f"{stem}_q{i}", "image": rel, "text": q + SHORT_ANSWER_SUFFIX, "answer": a, "type": t}
+        {"question_id": f"{stem}_q{i}", "image": rel, "text": q + SHORT_ANSWER_SUFFIX, "answer": a, "type": t,
+         "shapes": len(shapes)}
         for i, (t, q, a) in enumerate(qas)
     ]
 
@@ -566,13 +585,15 @@ def generate_shapes_dataset(
     conversation_turns: tuple[int, int] | list[int] = CONVERSATION_TURNS,
     question_mix: dict[str, float] | None = None,
     image_after_share: float = IMAGE_AFTER_SHARE,
+    outline: int = 0,
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
     ``instruct_mix``: instruction records of each kind per training image (``INSTRUCT_MIX`` by default);
     ``conversation_turns``: the fewest and most question-answer pairs of a conversation; ``question_mix``: how
     often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
-    of instruction records, the share with the image after the first instruction.
+    of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
+    of a dark rim drawn round every shape whatever its colour (0: none).
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
     if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
@@ -594,7 +615,7 @@ def generate_shapes_dataset(
     params = {"format_version": FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
               "n_test": n_test, "image_size": image_size, "instruct_mix": mix,
               "conversation_turns": list(turns_range), "question_mix": questions_mix,
-              "image_after_share": image_after_share}
+              "image_after_share": image_after_share, "outline": outline}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -619,7 +640,7 @@ def generate_shapes_dataset(
             stem = f"{split}_{index:05d}"
             rel = f"{split}/{stem}.png"
             scene = sample_scene(scene_rng, image_size)
-            render_scene(scene, image_size).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
+            render_scene(scene, image_size, outline).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
                 captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
@@ -664,8 +685,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-val", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--outline", type=int, default=0, help="width in pixels of a dark rim round every shape")
     args = parser.parse_args(argv)
-    path = generate_shapes_dataset(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.image_size)
+    path = generate_shapes_dataset(args.out, args.seed, args.n_train, args.n_val, args.n_test, args.image_size,
+                                   outline=args.outline)
     print(path)
 
 

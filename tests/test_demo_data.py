@@ -17,11 +17,15 @@ from data.shapes import (
     INSTRUCT_MIX,
     KINDS,
     NUMBER_WORDS,
+    OUTLINE_RGB,
     POSITIONS,
     SHORT_ANSWER_SUFFIX,
+    Scene,
+    Shape,
     side_length,
     generate_shapes_dataset,
     position_name,
+    render_scene,
 )
 from data.tokenizer import IM_END, IM_START, PAD_TOKEN, SPECIAL_TOKENS, build_demo_tokenizer
 
@@ -206,6 +210,23 @@ def test_meta_is_consistent_with_images(dataset: pathlib.Path) -> None:
                 assert nearest == s["color"], (rec["image"], s, pixel)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_outline_draws_a_dark_rim_whatever_the_colour(kind: str) -> None:
+    side = side_length("large", 96)
+    x1 = 32 + (32 - side) // 2
+    bbox = (x1, x1, x1 + side, x1 + side)
+    for color in ("yellow", "blue"):
+        scene = Scene((240, 240, 240), (Shape(kind, color, "large", "center", bbox),))
+        plain, rimmed = (render_scene(scene, 96, outline) for outline in (0, 2))
+        centre = (x1 + side // 2, x1 + side // 2)
+        assert plain.getpixel(centre) == rimmed.getpixel(centre) == COLORS[color]
+        changed = [(x, y) for x in range(96) for y in range(96) if plain.getpixel((x, y)) != rimmed.getpixel((x, y))]
+        assert changed and all(x1 <= x < x1 + side and x1 <= y < x1 + side for x, y in changed)  # inside the box
+        # every kind reaches the top of its box at the middle: there the rim is, dark whatever the fill
+        rim = rimmed.getpixel((x1 + side // 2, x1 + 1))
+        assert max(abs(a - b) for a, b in zip(rim, OUTLINE_RGB)) <= 40, (color, rim)
+
+
 def test_every_image_reference_exists(dataset: pathlib.Path) -> None:
     records: list[dict] = []
     for split in ("train", "val"):
@@ -303,6 +324,7 @@ def test_test_questions_match_meta(dataset: pathlib.Path) -> None:
         assert q["text"].endswith(SHORT_ANSWER_SUFFIX)
         question = q["text"][: -len(SHORT_ANSWER_SUFFIX)]
         assert q["answer"] == _expected_short_answer(question, meta[q["image"]]), q
+        assert q["shapes"] == len(meta[q["image"]]), q
         per_image[q["image"]][q["type"]] += 1
     assert len(per_image) == SMALL["n_test"]
     for counts in per_image.values():

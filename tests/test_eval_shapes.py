@@ -9,8 +9,9 @@ import pytest
 from llava_pl.eval.shapes import format_table, per_type
 from llava_pl.eval.tasks.shapes import ShapesTask
 
-QUESTIONS = [  # question id, type, answer
-    ("q0", "color", "red"), ("q1", "color", "red"), ("q2", "color", "blue"), ("q3", "count", "2"), ("q4", "count", "1"),
+QUESTIONS = [  # question id, type, answer, shapes in the image
+    ("q0", "color", "red", 1), ("q1", "color", "red", 2), ("q2", "color", "blue", 3), ("q3", "count", "2", 2),
+    ("q4", "count", "1", 1),
 ]
 
 
@@ -18,14 +19,16 @@ QUESTIONS = [  # question id, type, answer
 def task(tmp_path) -> ShapesTask:
     path = tmp_path / "questions_test.jsonl"
     path.write_text("".join(json.dumps({"question_id": qid, "image": f"{qid}.png", "text": "?", "answer": answer,
-                                        "type": kind}) + "\n" for qid, kind, answer in QUESTIONS))
+                                        "type": kind, "shapes": shapes}) + "\n"
+                                for qid, kind, answer, shapes in QUESTIONS))
     return ShapesTask(path, tmp_path)
 
 
 def test_scores_by_hand(task) -> None:
     """color: "Red." (q0 ✓ after lower-casing and the period), "blue" for red (q1 ✗), " Blue " (q2 ✓) → 2/3;
     blank: "red" ×3 → q0, q1 ✓ → 2/3; chance: "red" is 2 of 3 answers → 2/3.
-    count: "2" ✓, "two" ≠ "1" ✗ → 1/2; blank: unanswered → 0; chance: 1 of 2 → 1/2."""
+    count: "2" ✓, "two" ≠ "1" ✗ → 1/2; blank: unanswered → 0; chance: 1 of 2 → 1/2.
+    On images of two or three shapes: color q1 ✗, q2 ✓ → 1/2; count q3 ✓ → 1/1."""
     samples = task.samples()
     assert [s.key for s in samples[:2]] == ["q0", "q0/blank"] and len(samples) == 10
     answers = {"q0": "Red.", "q1": "blue", "q2": " Blue ", "q3": "2", "q4": "two",
@@ -33,10 +36,21 @@ def test_scores_by_hand(task) -> None:
     table = per_type(task.score(samples, answers))
     assert table == {
         "color": {"accuracy": pytest.approx(2 / 3), "blank_accuracy": pytest.approx(2 / 3),
-                  "chance": pytest.approx(2 / 3), "n": 3},
-        "count": {"accuracy": 0.5, "blank_accuracy": 0.0, "chance": 0.5, "n": 2},
+                  "chance": pytest.approx(2 / 3), "n": 3, "several_accuracy": 0.5, "several_n": 2},
+        "count": {"accuracy": 0.5, "blank_accuracy": 0.0, "chance": 0.5, "n": 2, "several_accuracy": 1.0,
+                  "several_n": 1},
     }
-    assert "color              66.7%        66.7%    66.7%      3" in format_table(table)
+    assert "color              66.7%        66.7%    66.7%      3       50.0%      2" in format_table(table)
+
+
+def test_questions_without_shape_counts_have_no_several_column(tmp_path) -> None:
+    path = tmp_path / "questions_test.jsonl"
+    path.write_text(json.dumps({"question_id": "q0", "image": "q0.png", "text": "?", "answer": "red",
+                                "type": "color"}) + "\n")
+    task = ShapesTask(path, tmp_path)
+    table = per_type(task.score(task.samples(), {"q0": "red"}))
+    assert table == {"color": {"accuracy": 1.0, "blank_accuracy": 0.0, "chance": 1.0, "n": 1}}
+    assert "2-3 shapes" not in format_table(table)
 
 
 def test_limit_keeps_the_first_questions_with_their_blank_twins(task) -> None:

@@ -26,16 +26,20 @@ def per_type(metrics: Metrics) -> dict[str, dict]:
     table: dict[str, dict] = defaultdict(dict)
     for name, value in metrics.items():
         kind, metric = name.rsplit("/", 1)
-        table[kind][metric] = int(value) if metric == "n" else value
+        table[kind][metric] = int(value) if metric in ("n", "several_n") else value
     return dict(table)
 
 
 def format_table(results: dict[str, dict]) -> str:
-    lines = [f"{'question type':<14} {'accuracy':>9} {'blank image':>12} {'chance':>8} {'n':>6}"]
+    """One row per question type; a ``2-3 shapes`` column where the results have ``several_accuracy``."""
+    several = any("several_accuracy" in row for row in results.values())
+    lines = [f"{'question type':<14} {'accuracy':>9} {'blank image':>12} {'chance':>8} {'n':>6}"
+             + (f" {'2-3 shapes':>11} {'n':>6}" if several else "")]
     for kind, row in results.items():
-        lines.append(
-            f"{kind:<14} {row['accuracy']:>9.1%} {row['blank_accuracy']:>12.1%} {row['chance']:>8.1%} {row['n']:>6}"
-        )
+        line = f"{kind:<14} {row['accuracy']:>9.1%} {row['blank_accuracy']:>12.1%} {row['chance']:>8.1%} {row['n']:>6}"
+        if "several_accuracy" in row:
+            line += f" {row['several_accuracy']:>11.1%} {row['several_n']:>6}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 Each question is asked twice, with its image and with a blank one (the mean colour everywhere, key
 ``<id>/blank``), so a score can be read against what the model answers without looking. ``chance`` is what
-always giving the most frequent answer of the type scores.
+always giving the most frequent answer of the type scores. Where the questions file gives each image's number of
+``shapes``, ``several_accuracy`` is the accuracy on images of two or more: there "what color is the circle?" has to
+find the circle among other shapes.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ShapesTask(Task):
     def samples(self) -> list[Sample]:
         samples = []
         for record in read_json_records(self.questions):
-            meta = {"type": record["type"], "question": str(record["question_id"])}
+            meta = {"type": record["type"], "question": str(record["question_id"]), "shapes": record.get("shapes")}
             asked = Sample(key=str(record["question_id"]), question_id=record["question_id"], prompt=record["text"],
                            image=record["image"], target=normalize_answer(record["answer"]), meta=meta)
             samples.append(asked)
@@ -85,4 +87,8 @@ class ShapesTask(Task):
                 metrics[f"{kind}/blank_accuracy"] = accuracy(groups["blank"])
             metrics[f"{kind}/chance"] = chance_level([s.target for s in groups["asked"]])
             metrics[f"{kind}/n"] = len(groups["asked"])
+            several = [s for s in groups["asked"] if (s.meta.get("shapes") or 0) >= 2]
+            if several:
+                metrics[f"{kind}/several_accuracy"] = accuracy(several)
+                metrics[f"{kind}/several_n"] = len(several)
         return metrics
