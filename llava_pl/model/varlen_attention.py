@@ -72,13 +72,13 @@ def varlen_attention_forward(
 def _attention_per_sample(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor,
                           dropout: float, scaling: float | None) -> tuple[torch.Tensor, None]:
     bounds = cu_seq_lens.tolist()
+    lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    # split, not one slice per sample: a slice's backward writes its gradient into a zeroed copy of the whole row,
+    # so slicing costs (samples x row) in backward; split's backward is one concatenation
     pieces = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-            dropout_p=dropout, is_causal=True, scale=scaling,
-        )
-        for start, end in zip(bounds[:-1], bounds[1:])
-        if end > start
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+        if q.shape[2] > 0
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
