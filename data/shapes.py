@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 6
 
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -42,7 +42,9 @@ NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TEXT_SPLITS: tuple[str, ...] = ("train", "val")
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "count", "position")
-TARGETED_QUESTIONS: tuple[str, ...] = ("color", "shape", "position")  # each about one shape of the image
+# A conversation ends early once this many draws in a row repeat an earlier question: a mix of only count
+# questions, or of colour and shape questions about a one-shape image, has fewer questions than turns.
+MAX_REPEATED_DRAWS = 100
 
 IMAGE_TOKEN = "<image>"
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -314,15 +316,13 @@ def _conversation(
     seen: set[str] = set()
     asked: set[Shape] = set()
     turns: list[dict] = []
-    while len(turns) < 2 * n_pairs:
+    repeats = 0  # draws in a row that gave a question already asked
+    while len(turns) < 2 * n_pairs and repeats < MAX_REPEATED_DRAWS:
         kind = rng.choices(list(question_mix), weights=list(question_mix.values()))[0]
         short = rng.random() < SHORT_ANSWER_SHARE
-        # Only a shape not asked about yet: an earlier answer about the same shape would give this one away in
-        # text ("the red object is a circle" → "what colour is the circle?"). With none left, the conversation ends.
-        unasked = [s for s in shapes if s not in asked]
-        if kind in TARGETED_QUESTIONS and not unasked:
-            break
-        target = rng.choice(unasked) if unasked else shapes[0]
+        # A shape not asked about yet, while there is one: an earlier answer about the same shape would give
+        # this one away in text ("the red object is a circle" → "what colour is the circle?").
+        target = rng.choice([s for s in shapes if s not in asked] or list(shapes))
         if kind == "color":
             q, a = color_qa(target, short)
         elif kind == "shape":
@@ -333,10 +333,12 @@ def _conversation(
             q, a = position_qa(target, short)
         else:
             q, a = _exists_qa(rng, shapes, short)
-        if q in seen:  # a count or presence question already asked: the conversation ends
-            break
+        if q in seen:
+            repeats += 1
+            continue
+        repeats = 0
         seen.add(q)
-        if kind in TARGETED_QUESTIONS:
+        if kind in ("color", "shape", "position"):
             asked.add(target)
         if short:
             q += SHORT_ANSWER_SUFFIX
@@ -594,8 +596,7 @@ def generate_shapes_dataset(
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
     ``instruct_mix``: instruction records of each kind per training image (``INSTRUCT_MIX`` by default);
-    ``conversation_turns``: the fewest and most question-answer pairs of a conversation (it ends sooner when no
-    shape is left that no turn has asked about, or a count or presence question would repeat); ``question_mix``: how
+    ``conversation_turns``: the fewest and most question-answer pairs of a conversation; ``question_mix``: how
     often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
     of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
     of a dark rim drawn round every shape whatever its colour (0: none).
