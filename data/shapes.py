@@ -596,7 +596,8 @@ def generate_shapes_dataset(
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
     ``instruct_mix``: instruction records of each kind per training image (``INSTRUCT_MIX`` by default);
-    ``conversation_turns``: the fewest and most question-answer pairs of a conversation; ``question_mix``: how
+    ``conversation_turns``: the fewest and most question-answer pairs of a conversation (fewer where the mix runs
+    out of questions not yet asked, ``MAX_REPEATED_DRAWS``); ``question_mix``: how
     often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
     of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
     of a dark rim drawn round every shape whatever its colour (0: none).
