@@ -8,7 +8,7 @@ import os
 import pathlib
 import random
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -145,11 +145,14 @@ def side_length(size: str, image_size: int) -> int:
     return min(cell - 2, round(SIZE_FRACTIONS[size] * cell))  # at least one background pixel on each side
 
 
-def sample_scene(rng: random.Random, image_size: int) -> Scene:
-    """One to three shapes of distinct kinds and colours, each in its own grid cell, on a light background."""
+def sample_scene(rng: random.Random, image_size: int, count_weights: Sequence[float] | None = None) -> Scene:
+    """One to three shapes of distinct kinds and colours, each in its own grid cell, on a light background.
+
+    ``count_weights``: relative weights of one, two and three shapes (None: equally likely).
+    """
     cell = image_size // 3
     background = tuple(rng.randint(225, 255) for _ in range(3))
-    n = rng.randint(1, 3)
+    n = rng.randint(1, 3) if count_weights is None else rng.choices((1, 2, 3), weights=count_weights)[0]
     kinds, colors, cells = rng.sample(KINDS, n), rng.sample(list(COLORS), n), rng.sample(range(9), n)
     shapes: list[Shape] = []
     for kind, color, index in zip(kinds, colors, cells):
@@ -592,6 +595,7 @@ def generate_shapes_dataset(
     question_mix: dict[str, float] | None = None,
     image_after_share: float = IMAGE_AFTER_SHARE,
     outline: int = 0,
+    shape_count_weights: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
@@ -600,7 +604,8 @@ def generate_shapes_dataset(
     out of questions not yet asked, ``MAX_REPEATED_DRAWS``); ``question_mix``: how
     often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
     of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
-    of a dark rim drawn round every shape whatever its colour (0: none).
+    of a dark rim drawn round every shape whatever its colour (0: none); ``shape_count_weights``: relative weights
+    of training and validation images with one, two and three shapes (the test split keeps them equally likely).
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
     if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
@@ -613,6 +618,10 @@ def generate_shapes_dataset(
         raise ValueError(f"conversation_turns must be [fewest, most], 1 ≤ fewest ≤ most, got {conversation_turns}")
     if not 0.0 <= image_after_share <= 1.0:
         raise ValueError(f"image_after_share must be in [0, 1], got {image_after_share}")
+    count_weights = [float(w) for w in shape_count_weights]
+    if len(count_weights) != 3 or min(count_weights) < 0 or not any(count_weights):
+        raise ValueError(f"shape_count_weights needs three weights ≥ 0 (one, two, three shapes), "
+                         f"got {shape_count_weights}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -622,7 +631,8 @@ def generate_shapes_dataset(
     params = {"format_version": FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
               "n_test": n_test, "image_size": image_size, "instruct_mix": mix,
               "conversation_turns": list(turns_range), "question_mix": questions_mix,
-              "image_after_share": image_after_share, "outline": outline}
+              "image_after_share": image_after_share, "outline": outline,
+              "shape_count_weights": count_weights}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -646,7 +656,8 @@ def generate_shapes_dataset(
         for index in range(counts[split]):
             stem = f"{split}_{index:05d}"
             rel = f"{split}/{stem}.png"
-            scene = sample_scene(scene_rng, image_size)
+            uniform = split not in TEXT_SPLITS or len(set(count_weights)) == 1
+            scene = sample_scene(scene_rng, image_size, None if uniform else count_weights)
             render_scene(scene, image_size, outline).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:

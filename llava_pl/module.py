@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.lora import apply_lora, has_lora
@@ -15,7 +14,7 @@ from llava_pl.model.centering import check_unsharded, feature_sum, set_input_cen
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.speed import compile_blocks, vision_towers
-from llava_pl.optim import parameter_groups
+from llava_pl.optim import lr_schedule, parameter_groups
 from llava_pl.stage import PARTS, StageConfig
 
 
@@ -156,5 +155,5 @@ class LlavaModule(L.LightningModule):
             parameter_groups(parts, stage.weight_decay), lr=stage.lr, betas=tuple(stage.betas)
         )
         total = self.total_steps()
-        scheduler = get_cosine_schedule_with_warmup(optimizer, stage.warmup_steps(total), total)
+        scheduler = lr_schedule(optimizer, total, stage.warmup_steps(total), stage.decay_steps(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_cosine_schedule_with_warmup, get_wsd_schedule
 
 
 def no_decay(name: str, parameter: nn.Parameter) -> bool:
@@ -33,3 +36,14 @@ def parameter_groups(
     if not groups:
         raise ValueError("no trainable parameters: the stage freezes every part")
     return groups
+
+
+def lr_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int, decay_steps: int | None = None) -> LambdaLR:
+    """Linear warmup to each group's learning rate, then a cosine to zero.
+
+    Without ``decay_steps`` the cosine spans every step after warmup (LLaVA's schedule); with it, the rate stays at
+    its peak until the last ``decay_steps`` steps and the cosine spans those (warmup-stable-decay).
+    """
+    if decay_steps is None:
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    return get_wsd_schedule(optimizer, warmup_steps, decay_steps, num_training_steps=total_steps)

@@ -54,6 +54,7 @@ class StageConfig:
     compile_blocks: bool = False
     supervised_logits_only: bool = True
     vision_feature_cache: bool = False
+    decay_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for key, parts in (("trains", self.trains), ("part_lr", self.part_lr)):
@@ -70,6 +71,9 @@ class StageConfig:
             raise ValueError(f"stage {self.name}: vision_feature_cache needs a frozen vision tower, but trains has 'vision'")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"stage {self.name}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.decay_ratio is not None and not 0 < self.decay_ratio <= 1 - self.warmup_ratio:
+            raise ValueError(f"stage {self.name}: decay_ratio must be null or in (0, 1 - warmup_ratio], "
+                             f"got {self.decay_ratio}")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step so that ``global_batch_size`` samples make one step."""
@@ -86,3 +90,9 @@ class StageConfig:
 
     def warmup_steps(self, total_steps: int) -> int:
         return math.ceil(self.warmup_ratio * total_steps)
+
+    def decay_steps(self, total_steps: int) -> int | None:
+        """Steps of the final decay; None: the decay spans every step after warmup."""
+        if self.decay_ratio is None:
+            return None
+        return max(1, min(math.ceil(self.decay_ratio * total_steps), total_steps - self.warmup_steps(total_steps)))

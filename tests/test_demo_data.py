@@ -180,6 +180,24 @@ def test_conversation_options(tmp_path: pathlib.Path) -> None:
             generate_shapes_dataset(tmp_path / "bad", **SMALL, **bad)
 
 
+def test_shape_count_weights_skew_training_images_only(dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    params = {**SMALL, "n_train": 300}
+    skewed = generate_shapes_dataset(tmp_path / "skewed", **params, shape_count_weights=[0, 1, 3])
+    counts = Counter(len(m["shapes"]) for m in _load(skewed, "meta_train.json"))
+    assert counts[1] == 0 and counts[3] > 2 * counts[2] > 0, counts
+    assert {len(m["shapes"]) for m in _load(skewed, "meta_val.json")} <= {2, 3}
+    # the held-out test split keeps one, two and three shapes equally likely: the same images as unweighted
+    plain = generate_shapes_dataset(tmp_path / "plain", **params)
+    assert (skewed / "meta_test.json").read_bytes() == (plain / "meta_test.json").read_bytes()
+    assert Counter(len(m["shapes"]) for m in _load(plain, "meta_train.json"))[1] > 60
+    # equal weights are the default draw, byte for byte
+    equal = generate_shapes_dataset(tmp_path / "equal", **SMALL, shape_count_weights=[2, 2, 2])
+    assert (equal / "meta_train.json").read_bytes() == (dataset / "meta_train.json").read_bytes()
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="shape_count_weights"):
+            generate_shapes_dataset(tmp_path / "bad", **SMALL, shape_count_weights=bad)
+
+
 def test_train_and_test_images_differ(dataset: pathlib.Path) -> None:
     def contents(split: str) -> set[bytes]:
         return {p.read_bytes() for p in (dataset / "images" / split).glob("*.png")}
