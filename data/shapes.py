@@ -650,14 +650,15 @@ def generate_shapes_dataset(
     for split in SPLITS:
         scene_rng = random.Random(f"shapes/{seed}/{split}/scene")
         text_rng = random.Random(f"shapes/{seed}/{split}/text")
+        uniform = split not in TEXT_SPLITS or len(set(count_weights)) == 1  # equal weights: the default draw
+        split_weights = None if uniform else count_weights
         img_dir = out / "images" / split
         img_dir.mkdir(parents=True)
         meta, captions, instruct, questions = [], [], [], []
         for index in range(counts[split]):
             stem = f"{split}_{index:05d}"
             rel = f"{split}/{stem}.png"
-            uniform = split not in TEXT_SPLITS or len(set(count_weights)) == 1
-            scene = sample_scene(scene_rng, image_size, None if uniform else count_weights)
+            scene = sample_scene(scene_rng, image_size, split_weights)
             render_scene(scene, image_size, outline).save(img_dir / f"{stem}.png", format="PNG", compress_level=6)
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:

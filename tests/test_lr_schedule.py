@@ -60,6 +60,6 @@ def test_stage_decay_ratio(compose_config) -> None:
 @pytest.mark.parametrize("ratio", [0.0, 0.98, -0.1])
 def test_decay_ratio_out_of_range_names_the_key(compose_config, nothing_built, ratio: float) -> None:
     cfg = compose_config("stage=finetune", f"stage.finetune.decay_ratio={ratio}")
-    with pytest.raises(ValueError, match=rf"stage finetune: decay_ratio must be null or in \(0, 1 - warmup_ratio\]"):
+    with pytest.raises(ValueError, match=r"stage finetune: decay_ratio must be null or in \(0, 1 - warmup_ratio\]"):
         run(cfg)
     assert nothing_built(cfg)
