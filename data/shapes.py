@@ -543,6 +543,24 @@ def _instruct_records(
     return records
 
 
+PER_SHAPE_QUESTIONS: dict[str, Callable[[Shape, bool], tuple[str, str]]] = {
+    "color": color_qa, "shape": shape_qa, "position": position_qa,
+}
+
+
+def _every_shape_records(stem: str, rel: str, shapes: tuple[Shape, ...], question_types: Sequence[str]) -> list[dict]:
+    """One short question per conversation, image first, for every shape and each of ``question_types``: each
+    image is asked the same question about each of its shapes, which is what teaches finding the shape it names."""
+    records = []
+    for shape in shapes:
+        for qtype in question_types:
+            question, answer = PER_SHAPE_QUESTIONS[qtype](shape, True)
+            turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}{SHORT_ANSWER_SUFFIX}"},
+                     {"from": "gpt", "value": answer}]
+            records.append({"id": stem, "type": "conversation", "image": rel, "conversations": turns})
+    return records
+
+
 def _test_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> list[dict]:
     qas: list[tuple[str, str, str]] = []
     for qtype in QUESTION_TYPES:
@@ -596,6 +614,7 @@ def generate_shapes_dataset(
     image_after_share: float = IMAGE_AFTER_SHARE,
     outline: int = 0,
     shape_count_weights: Sequence[float] = (1.0, 1.0, 1.0),
+    every_shape_questions: Sequence[str] = (),
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
@@ -605,7 +624,9 @@ def generate_shapes_dataset(
     often a conversation turn asks each kind of question (``QUESTION_MIX`` by default); ``image_after_share``:
     of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
     of a dark rim drawn round every shape whatever its colour (0: none); ``shape_count_weights``: relative weights
-    of training and validation images with one, two and three shapes (the test split keeps them equally likely).
+    of training and validation images with one, two and three shapes (the test split keeps them equally likely);
+    ``every_shape_questions``: question types (of ``PER_SHAPE_QUESTIONS``) asked about every shape of every training
+    and validation image, one short question per conversation, besides ``instruct_mix``.
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
     if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
@@ -622,6 +643,10 @@ def generate_shapes_dataset(
     if len(count_weights) != 3 or min(count_weights) < 0 or not any(count_weights):
         raise ValueError(f"shape_count_weights needs three weights ≥ 0 (one, two, three shapes), "
                          f"got {shape_count_weights}")
+    per_shape = list(every_shape_questions)
+    if not set(per_shape) <= set(PER_SHAPE_QUESTIONS) or len(set(per_shape)) != len(per_shape):
+        raise ValueError(f"every_shape_questions takes distinct types among {sorted(PER_SHAPE_QUESTIONS)}, "
+                         f"got {every_shape_questions}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -632,7 +657,7 @@ def generate_shapes_dataset(
               "n_test": n_test, "image_size": image_size, "instruct_mix": mix,
               "conversation_turns": list(turns_range), "question_mix": questions_mix,
               "image_after_share": image_after_share, "outline": outline,
-              "shape_count_weights": count_weights}
+              "shape_count_weights": count_weights, "every_shape_questions": per_shape}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -663,6 +688,7 @@ def generate_shapes_dataset(
             meta.append({"image": rel, "shapes": [s.to_meta() for s in scene.shapes]})
             if split in TEXT_SPLITS:
                 captions.append(_caption_record(text_rng, stem, rel, scene.shapes))
+                instruct.extend(_every_shape_records(stem, rel, scene.shapes, per_shape))
                 instruct.extend(
                     _instruct_records(
                         text_rng, stem, rel, scene.shapes, mix, turns_range, questions_mix, image_after_share

@@ -198,6 +198,31 @@ def test_shape_count_weights_skew_training_images_only(dataset: pathlib.Path, tm
             generate_shapes_dataset(tmp_path / "bad", **SMALL, shape_count_weights=bad)
 
 
+def test_every_shape_questions_ask_each_shape_once_per_type(dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    no_mix = {"conversation": 0.0, "detail": 0.0, "reasoning": 0.0}
+    out = generate_shapes_dataset(tmp_path / "every", **SMALL, instruct_mix=no_mix,
+                                  every_shape_questions=["color", "shape"])
+    for split in ("train", "val"):
+        records = _load(out, f"instruct_{split}.json")
+        asked = Counter((r["image"], r["conversations"][0]["value"], r["conversations"][1]["value"]) for r in records)
+        expected = Counter()
+        for meta in _load(out, f"meta_{split}.json"):
+            for s in meta["shapes"]:
+                suffix = "\nAnswer the question using a single word or phrase."
+                expected[(meta["image"], f"<image>\nWhat color is the {s['kind']}?{suffix}", s["color"])] += 1
+                expected[(meta["image"], f"<image>\nWhat shape is the {s['color']} object?{suffix}", s["kind"])] += 1
+        assert asked == expected
+        assert all(len(r["conversations"]) == 2 and r["type"] == "conversation" for r in records)
+    # the images and the held-out questions are those of the default data set; none of it without the option
+    assert (out / "meta_train.json").read_bytes() == (dataset / "meta_train.json").read_bytes()
+    assert (out / "questions_test.jsonl").read_bytes() == (dataset / "questions_test.jsonl").read_bytes()
+    plain = generate_shapes_dataset(tmp_path / "plain", **SMALL, instruct_mix=no_mix)
+    assert _load(plain, "instruct_train.json") == []
+    for bad in (["colour"], ["color", "color"], ["count"]):
+        with pytest.raises(ValueError, match="every_shape_questions"):
+            generate_shapes_dataset(tmp_path / "bad", **SMALL, every_shape_questions=bad)
+
+
 def test_train_and_test_images_differ(dataset: pathlib.Path) -> None:
     def contents(split: str) -> set[bytes]:
         return {p.read_bytes() for p in (dataset / "images" / split).glob("*.png")}
