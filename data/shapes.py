@@ -550,7 +550,7 @@ PER_SHAPE_QUESTIONS: dict[str, Callable[[Shape, bool], tuple[str, str]]] = {
 
 def _every_shape_records(stem: str, rel: str, shapes: tuple[Shape, ...], question_types: Sequence[str]) -> list[dict]:
     """One short question per conversation, image first, for every shape and each of ``question_types``: each
-    image is asked the same question about each of its shapes, which is what teaches finding the shape it names."""
+    image is asked the same question about each of its shapes (README, "Run to run, colour is a draw")."""
     records = []
     for shape in shapes:
         for qtype in question_types:
@@ -567,7 +567,7 @@ def _test_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape
         if qtype == "count":
             qas.append((qtype, *count_qa(shapes, True)))
             continue
-        make = {"color": color_qa, "shape": shape_qa, "position": position_qa}[qtype]
+        make = PER_SHAPE_QUESTIONS[qtype]
         k = rng.randint(1, min(2, len(shapes)))
         for target in rng.sample(shapes, k):
             qas.append((qtype, *make(target, True)))
