@@ -206,11 +206,12 @@ def test_every_shape_questions_ask_each_shape_once_per_type(dataset: pathlib.Pat
         records = _load(out, f"instruct_{split}.json")
         asked = Counter((r["image"], r["conversations"][0]["value"], r["conversations"][1]["value"]) for r in records)
         expected = Counter()
-        suffix = "\nAnswer the question using a single word or phrase."
         for meta in _load(out, f"meta_{split}.json"):
             for s in meta["shapes"]:
-                expected[(meta["image"], f"<image>\nWhat color is the {s['kind']}?{suffix}", s["color"])] += 1
-                expected[(meta["image"], f"<image>\nWhat shape is the {s['color']} object?{suffix}", s["kind"])] += 1
+                color_question = f"<image>\nWhat color is the {s['kind']}?{SHORT_ANSWER_SUFFIX}"
+                shape_question = f"<image>\nWhat shape is the {s['color']} object?{SHORT_ANSWER_SUFFIX}"
+                expected[(meta["image"], color_question, s["color"])] += 1
+                expected[(meta["image"], shape_question, s["kind"])] += 1
         assert asked == expected
         assert all(len(r["conversations"]) == 2 and r["type"] == "conversation" for r in records)
     # the images and the held-out questions are those of the default data set; none of it without the option
