@@ -101,6 +101,7 @@ class LlavaModule(L.LightningModule):
             sample_ids=batch.get("sample_ids"),
             sample_lengths=batch.get("sample_lengths"),
             return_logits=not self.stage.supervised_logits_only,
+            loss_average=self.stage.loss_average,
         )
 
     def _center_projector_on(self, pixel_values: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llava_pl.model.loss import LOSS_AVERAGES, LossAverage
+
 Part = Literal["vision", "projector", "llm"]
 PARTS: tuple[Part, ...] = ("vision", "projector", "llm")
 
@@ -31,6 +33,8 @@ class StageConfig:
             same; image and prompt positions cost no vocabulary projection).
         vision_feature_cache: keep the frozen tower's features of every distinct image in host memory, so
             that each image is encoded once (``llava_pl.model.feature_cache``).
+        loss_average: ``token`` averages a micro-batch's loss over its supervised tokens (LLaVA), ``sample``
+            over its samples, each the mean of its own tokens (a one-word answer weighs as much as a long one).
     """
 
     name: str
@@ -55,6 +59,7 @@ class StageConfig:
     supervised_logits_only: bool = True
     vision_feature_cache: bool = False
     decay_ratio: float | None = None
+    loss_average: LossAverage = "token"
 
     def __post_init__(self) -> None:
         for key, parts in (("trains", self.trains), ("part_lr", self.part_lr)):
@@ -67,6 +72,9 @@ class StageConfig:
         for part, value in self.part_lr.items():
             if value is not None and value <= 0:
                 raise ValueError(f"stage {self.name}: part_lr.{part} must be positive, got {value}")
+        if self.loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"stage {self.name}: loss_average must be one of {list(LOSS_AVERAGES)}, "
+                             f"got {self.loss_average!r}")
         if self.vision_feature_cache and "vision" in self.trains:
             raise ValueError(f"stage {self.name}: vision_feature_cache needs a frozen vision tower, but trains has 'vision'")
         if not 0 <= self.warmup_ratio < 1:

@@ -39,8 +39,10 @@ def test_streamed_mixture_trains_and_counts(compose_config, data_dir, tmp_path, 
     shapes = data_dir / "shapes"
     convert(shapes / "instruct_train.json", shapes / "images", tmp_path / "shards", shard_size=16, progress=False)
     chat = _chat(tmp_path / "chat")
+    # the two chat records drawn as often as all the shapes records: both sources, and the corrupt image, are drawn
+    weight = len(json.loads((shapes / "instruct_train.json").read_text())) / 2
     sources = (f"[{{path: '{tmp_path / 'shards'}', name: shapes}}, "  # Hydra's override syntax for a list
-               f"{{path: '{chat}', image_folder: '{chat.parent}', weight: 10, name: chat}}]")
+               f"{{path: '{chat}', image_folder: '{chat.parent}', weight: {weight}, name: chat}}]")
     cfg = compose_config(*COMMON, "data=wds", f"data.sets.finetune.train={sources}",
                          "data.sets.finetune.samples_per_epoch=64", "data.shuffle_buffer=8", shapes=False)
     with caplog.at_level(logging.INFO, logger="llava_pl.data.counts"):

@@ -40,11 +40,14 @@ def _samples(tokens_per_image: int, image_size: int) -> list[dict]:
     return samples
 
 
-def _loss_and_grads(model, batch: dict, return_logits: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grads(
+    model, batch: dict, return_logits: bool, loss_average: str = "token"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
     keys = ("input_ids", "attention_mask", "pixel_values", "images_per_sample", "labels", "position_ids",
             "sample_lengths")
-    loss = model(**{key: batch[key] for key in keys if key in batch}, return_logits=return_logits)["loss"]
+    inputs = {key: batch[key] for key in keys if key in batch}
+    loss = model(**inputs, return_logits=return_logits, loss_average=loss_average)["loss"]
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads
@@ -70,16 +73,17 @@ def test_packing_collator_restarts_positions_and_masks_sample_boundaries() -> No
                                LlavaCollator(0)(samples)["input_ids"])
 
 
+@pytest.mark.parametrize("loss_average", ["token", "sample"])
 @pytest.mark.parametrize("attention", [VARLEN_ATTENTION, "sdpa", "eager"])
 @pytest.mark.parametrize("trains", [["projector", "llm"], ["projector"]], ids=["finetune", "align"])
-def test_packed_loss_and_gradients_equal_padded(attention: str, trains: list[str]) -> None:
+def test_packed_loss_and_gradients_equal_padded(attention: str, trains: list[str], loss_average: str) -> None:
     torch.manual_seed(0)
     model = freeze_all_but(tiny_llava("eager" if attention == "eager" else "sdpa").double(), trains)
     samples = [{**s, "pixel_values": s["pixel_values"].double()} for s in _samples(model.tokens_per_image, 16)]
-    padded_loss, padded_grads = _loss_and_grads(model, LlavaCollator(0)(samples), return_logits=True)
+    padded_loss, padded_grads = _loss_and_grads(model, LlavaCollator(0)(samples), True, loss_average)
     if attention == VARLEN_ATTENTION:
         assert use_varlen_attention(model.llm) == VARLEN_ATTENTION
-    packed_loss, packed_grads = _loss_and_grads(model, PackingCollator()(samples), return_logits=False)
+    packed_loss, packed_grads = _loss_and_grads(model, PackingCollator()(samples), False, loss_average)
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-12, atol=1e-12)
     assert set(packed_grads) == set(padded_grads) and padded_grads
     for name, grad in padded_grads.items():
@@ -112,13 +116,14 @@ def test_packed_image_count_error_names_the_sample() -> None:
               sample_ids=batch["sample_ids"], sample_lengths=batch["sample_lengths"])
 
 
-def test_supervised_logits_only_gives_the_same_loss_on_padded_batches() -> None:
+@pytest.mark.parametrize("loss_average", ["token", "sample"])
+def test_supervised_logits_only_gives_the_same_loss_on_padded_batches(loss_average: str) -> None:
     torch.manual_seed(0)
     model = tiny_llava().double()
     samples = [{**s, "pixel_values": s["pixel_values"].double()} for s in _samples(model.tokens_per_image, 16)]
     batch = LlavaCollator(0)(samples)
-    full_loss, full_grads = _loss_and_grads(model, batch, return_logits=True)
-    sparse_loss, sparse_grads = _loss_and_grads(model, batch, return_logits=False)
+    full_loss, full_grads = _loss_and_grads(model, batch, True, loss_average)
+    sparse_loss, sparse_grads = _loss_and_grads(model, batch, False, loss_average)
     torch.testing.assert_close(sparse_loss, full_loss, rtol=1e-12, atol=1e-12)
     for name, grad in full_grads.items():
         torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)

@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelPa
 from llava_pl.distributed.deepspeed import LlavaDeepSpeedStrategy, deepspeed_config
 from llava_pl.distributed.fsdp import FSDP2Strategy
 from llava_pl.model.build import build_empty_model
-from llava_pl.model.llava import causal_lm_loss
+from llava_pl.model.loss import causal_lm_loss
 from llava_pl.train import run, selected_stages
 from llava_pl.validate import ConfigError
 from tests.conftest import CONF_DIR

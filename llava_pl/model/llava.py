@@ -12,12 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from llava_pl.constants import IMAGE_TOKEN_ID
 from llava_pl.data.images import input_size
 from llava_pl.data.packing import cumulative_lengths, position_ids_of, unpack_rows
 from llava_pl.model.blocks import resolve_block_class
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.fused_vision import FusedVisionEncoder
+from llava_pl.model.loss import (
+    LossAverage, at_least_float32, average_token_losses, causal_lm_loss, sample_index, supervised_positions,
+)
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -59,25 +62,6 @@ def splice_image_features(
     if int(mask.sum()) != flat.shape[0]:
         raise ImageCountError(f"{int(mask.sum())} image-token positions but {flat.shape[0]} image features")
     return token_embeddings.masked_scatter(mask.unsqueeze(-1), flat)
-
-
-def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """16-bit logits in float32 for the loss; float64 stays float64."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the supervised positions (0 when none is supervised)."""
-    # the labels move one step left rather than the logits one step right: no copy of the (batch, seq, vocab) logits
-    shifted_labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1).to(logits.device)
-    total = F.cross_entropy(at_least_float32(logits.reshape(-1, logits.shape[-1])), shifted_labels,
-                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
-    """``(batch, seq)`` booleans: the positions whose next token is supervised, the only logits a loss reads."""
-    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
 
 
 @functools.cache
@@ -182,6 +166,7 @@ class LlavaModel(nn.Module):
         sample_ids: Sequence[str] | None = None,
         sample_lengths: torch.Tensor | None = None,
         return_logits: bool = True,
+        loss_average: LossAverage = "token",
     ) -> dict[str, torch.Tensor]:
         """Returns ``{"logits": ...}`` and, when labels are given, ``{"loss": ...}``.
 
@@ -191,6 +176,8 @@ class LlavaModel(nn.Module):
                 ``attention_mask`` is then not used.
             return_logits: with ``labels``, ``False`` computes the LM head only at the positions whose next
                 token is supervised (the only ones the loss reads) and returns the loss alone.
+            loss_average: ``token`` (LLaVA) averages the loss over the supervised tokens, ``sample`` over each
+                sample's own mean (``llava_pl.model.loss``).
         """
         llm_kwargs: dict[str, Any] = {}
         if sample_lengths is not None:
@@ -221,11 +208,12 @@ class LlavaModel(nn.Module):
         )
         if sparse:
             targets = labels.to(input_ids.device)[:, 1:][keep[:, :-1]]
-            total = F.cross_entropy(at_least_float32(outputs.logits), targets, reduction="sum")
-            return {"loss": total / max(targets.numel(), 1)}
+            token_losses = F.cross_entropy(at_least_float32(outputs.logits), targets, reduction="none")
+            samples = sample_index(keep.shape, sample_lengths, keep.device)[keep]
+            return {"loss": average_token_losses(token_losses, samples, loss_average)}
         result = {"logits": outputs.logits}
         if labels is not None:
-            result["loss"] = causal_lm_loss(outputs.logits, labels)
+            result["loss"] = causal_lm_loss(outputs.logits, labels, loss_average, sample_lengths)
         return result
 
     @torch.no_grad()
