@@ -29,7 +29,7 @@ SIZES: tuple[str, ...] = ("small", "large")
 # Each shape sits centred in one cell of a 3x3 grid, and that cell names its position. A size class is one side
 # length, a fraction of the cell's side, so a vision tower whose patch is one cell sees each shape whole in one
 # patch. Exact colours and one side per size make a shape's patch feature nearly a function of its colour, kind and
-# size alone (README, "The embedded demo"): anything else in an image token slows down learning which shape a
+# size alone (docs/demo_findings.md): anything else in an image token slows down learning which shape a
 # question names. The light background's tint still varies, so no two images are the same file.
 SIZE_FRACTIONS: dict[str, float] = {"small": 0.65, "large": 0.85}
 POSITION_GRID: tuple[tuple[str, str, str], ...] = (
@@ -550,7 +550,7 @@ PER_SHAPE_QUESTIONS: dict[str, Callable[[Shape, bool], tuple[str, str]]] = {
 
 def _every_shape_records(stem: str, rel: str, shapes: tuple[Shape, ...], question_types: Sequence[str]) -> list[dict]:
     """One short question per conversation, image first, for every shape and each of ``question_types``: each
-    image is asked the same question about each of its shapes (README, "Run to run, colour is a draw")."""
+    image is asked the same question about each of its shapes (README, "The embedded demo")."""
     records = []
     for shape in shapes:
         for qtype in question_types:
