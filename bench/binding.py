@@ -11,7 +11,7 @@ nothing additive about them. Training: one conversation per scene in the demo's 
 tokenizer are the demo's, from ``conf/``), asking every shape's colour and kind (``--questions all``) or one of
 them (``--questions one``).
 Evaluation: the first answer token for each shape of held-out scenes, on one-shape and on two- or three-shape
-images, against the accuracy of naming a random shape present. docs/demo_findings.md, quotes it.
+images, against the accuracy of naming a random shape present. docs/demo_findings.md quotes it.
 
     OMP_NUM_THREADS=1 nice python bench/binding.py   # additive and entangled, 500 of 1,500 steps each: 15 min
     OMP_NUM_THREADS=1 nice python bench/binding.py --tokens entangled opaque --questions one --batch-size 48

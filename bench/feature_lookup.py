@@ -7,7 +7,7 @@ the LLM's RMSNorm does). For every shape on a two- or three-shape held-out image
 per colour) scores the nine patch tokens, and the lookup is right when the shape's own token scores highest.
 Two kinds of query: the centroid (the mean feature of the training shapes of that kind, less the mean token:
 what the first gradient steps point to) and a query learnt alone with Adam (a softmax over the nine tokens,
-64 shapes per step). docs/demo_findings.md, quotes it.
+64 shapes per step). docs/demo_findings.md quotes it.
 
     OMP_NUM_THREADS=2 nice python bench/feature_lookup.py             # rims 0, 1 and 2 px: about 2 min
     OMP_NUM_THREADS=2 nice python bench/feature_lookup.py --outlines 0 --steps 10 25 50

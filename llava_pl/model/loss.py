@@ -59,7 +59,8 @@ def causal_lm_loss(
     marks ``labels`` as one packed row of samples of these lengths."""
     labels = labels.to(logits.device)
     keep = supervised_positions(labels)
-    # the labels move one step left rather than the logits one step right: no copy of the (batch, seq, vocab) logits
+    # the labels move one step left rather than the logits one step right; only supervised positions' logits are read
     targets = labels[:, 1:][keep[:, :-1]]
     token_losses = F.cross_entropy(at_least_float32(logits[keep]), targets, reduction="none")
-    return average_token_losses(token_losses, sample_index(labels.shape, sample_lengths, logits.device)[keep], average)
+    samples = sample_index(labels.shape, sample_lengths, logits.device)[keep]
+    return average_token_losses(token_losses, samples, average)
