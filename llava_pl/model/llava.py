@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -18,9 +17,7 @@ from llava_pl.data.packing import cumulative_lengths, position_ids_of, unpack_ro
 from llava_pl.model.blocks import resolve_block_class
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.fused_vision import FusedVisionEncoder
-from llava_pl.model.loss import (
-    LossAverage, at_least_float32, average_token_losses, causal_lm_loss, sample_index, supervised_positions,
-)
+from llava_pl.model.loss import LossAverage, causal_lm_loss, supervised_loss, supervised_positions
 from llava_pl.model.vision import VisionEncoder
 
 
@@ -207,10 +204,8 @@ class LlavaModel(nn.Module):
             **llm_kwargs,
         )
         if sparse:
-            targets = labels.to(input_ids.device)[:, 1:][keep[:, :-1]]
-            token_losses = F.cross_entropy(at_least_float32(outputs.logits), targets, reduction="none")
-            samples = sample_index(keep.shape, sample_lengths, keep.device)[keep]
-            return {"loss": average_token_losses(token_losses, samples, loss_average)}
+            loss = supervised_loss(outputs.logits, labels.to(input_ids.device), keep, loss_average, sample_lengths)
+            return {"loss": loss}
         result = {"logits": outputs.logits}
         if labels is not None:
             result["loss"] = causal_lm_loss(outputs.logits, labels, loss_average, sample_lengths)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from llava_pl.constants import IGNORE_INDEX
 
 LossAverage = Literal["token", "sample"]
-LOSS_AVERAGES: tuple[str, ...] = ("token", "sample")
+LOSS_AVERAGES: tuple[str, ...] = get_args(LossAverage)
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -42,11 +42,26 @@ def average_token_losses(token_losses: torch.Tensor, samples: torch.Tensor, aver
         raise ValueError(f"loss average must be one of {list(LOSS_AVERAGES)}, got {average!r}")
     if token_losses.numel() == 0:
         return token_losses.sum()
-    _, dense = torch.unique(samples, return_inverse=True)
-    count = int(dense.max()) + 1
-    sums = token_losses.new_zeros(count).index_add(0, dense, token_losses)
-    tokens = torch.bincount(dense, minlength=count).to(token_losses.dtype)
-    return (sums / tokens).mean()
+    tokens = torch.bincount(samples)
+    sums = token_losses.new_zeros(len(tokens)).index_add(0, samples, token_losses)
+    supervised = tokens > 0  # samples with nothing supervised have no mean to count
+    return (sums[supervised] / tokens[supervised]).mean()
+
+
+def supervised_loss(
+    supervised_logits: torch.Tensor,
+    labels: torch.Tensor,
+    keep: torch.Tensor,
+    average: LossAverage,
+    sample_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss from the logits at the ``keep`` positions (``supervised_positions(labels)``) only, in their
+    order; ``sample_lengths`` marks ``labels`` as one packed row of samples of these lengths."""
+    # the labels move one step left rather than the logits one step right
+    targets = labels[:, 1:][keep[:, :-1]]
+    token_losses = F.cross_entropy(at_least_float32(supervised_logits), targets, reduction="none")
+    samples = sample_index(labels.shape, sample_lengths, labels.device)[keep]
+    return average_token_losses(token_losses, samples, average)
 
 
 def causal_lm_loss(
@@ -55,12 +70,8 @@ def causal_lm_loss(
     average: LossAverage = "token",
     sample_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token cross-entropy over the supervised positions, averaged as ``average`` says; ``sample_lengths``
-    marks ``labels`` as one packed row of samples of these lengths."""
+    """Next-token cross-entropy over the supervised positions of full ``(batch, seq, vocab)`` logits, averaged
+    as ``average`` says; ``sample_lengths`` marks ``labels`` as one packed row of samples of these lengths."""
     labels = labels.to(logits.device)
     keep = supervised_positions(labels)
-    # the labels move one step left rather than the logits one step right; only supervised positions' logits are read
-    targets = labels[:, 1:][keep[:, :-1]]
-    token_losses = F.cross_entropy(at_least_float32(logits[keep]), targets, reduction="none")
-    samples = sample_index(labels.shape, sample_lengths, logits.device)[keep]
-    return average_token_losses(token_losses, samples, average)
+    return supervised_loss(logits[keep], labels, keep, average, sample_lengths)
