@@ -120,7 +120,8 @@ def training_example(
         text = (f"{IMAGE_TOKEN}\n" if i == 0 else "") + question + SHORT_ANSWER_SUFFIX
         turns += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
     conversation = parse_record({"id": "bench", "image": "grid", "conversations": turns}, "bench", 0)
-    tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, CELLS)
+    tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, CELLS,
+                               add_special_tokens=template.add_special_tokens)
     return Example(tokens.input_ids, tokens.labels, scene)
 
 

@@ -19,13 +19,16 @@ from collections.abc import Callable
 from typing import TextIO
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from llava_pl.chat_engine import ChatInputError, ChatModel, Conversation, Sampling, open_image
+from llava_pl.cli import require_keys
+from llava_pl.errors import ConfigError, reports_user_errors
 
 HELP = """Commands: /image PATH (a new conversation about another image), /reset (forget the conversation),
 /quit or Ctrl-D (leave). Ctrl-C stops an answer."""
+USAGE = "python -m llava_pl.chat model=PATH [image=IMG] [temperature=0.2 max_new_tokens=512 ...]  (--help: every key)"
 USER_PROMPT = "You: "
 MODEL_PREFIX = "Model: "
 
@@ -105,13 +108,12 @@ class TerminalChat:
 
 
 def chat(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "model"):
-        raise SystemExit(__doc__)
+    require_keys(cfg, ["model"], USAGE)
     try:
         sampling = Sampling.from_config(cfg)
         image = open_image(str(cfg.image)) if cfg.image is not None else None
     except ChatInputError as error:
-        raise SystemExit(str(error)) from error
+        raise ConfigError(str(error)) from error
     model = ChatModel.from_config(cfg)
     session = TerminalChat(model, sampling)
     memory = "" if model.remembers_turns else " (this template answers one question at a time: no memory)"
@@ -130,6 +132,7 @@ def chat(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf/chat", config_name="chat")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     chat(cfg)
 

@@ -189,7 +189,8 @@ class ChatModel:
         loaded = self.loaded
         segments = loaded.template.segments(self.messages(conversation, question), loaded.tokenizer,
                                             add_generation_prompt=True)
-        return tokenize_segments(segments, loaded.tokenizer, loaded.model.tokens_per_image).input_ids
+        return tokenize_segments(segments, loaded.tokenizer, loaded.model.tokens_per_image,
+                                 add_special_tokens=loaded.template.add_special_tokens).input_ids
 
     def fit_context(self, conversation: Conversation, question: str, max_new_tokens: int) -> tuple[list[int], int]:
         """Prompt ids and the number of new tokens that fit the model's context.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from transformers import PreTrainedTokenizerBase
+from transformers import LlavaImageProcessor, LlavaImageProcessorPil, PreTrainedTokenizerBase
 
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
@@ -68,7 +68,7 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
             },
         }
         template = template or {"_target_": "llava_pl.data.templates.ChatTemplate"}
-        image_aspect = "pad"
+        image_aspect = None  # from the folder's image processor, below
         checkpoint = None
     elif path.is_file() or is_sharded_checkpoint(path):  # a sharded folder (FSDP, ZeRO) is consolidated in memory
         checkpoint = load_checkpoint(path)
@@ -86,4 +86,8 @@ def load_for_inference(path: str | Path, template: dict[str, Any] | None = None)
     else:
         model = model_from_checkpoint(model_cfg, tokenizer, checkpoint)
     model.eval()
-    return LoadedModel(model, tokenizer, instantiate(template), ImageTransform(model.vision.image_processor, image_aspect))
+    processor = model.vision.image_processor
+    # a LlavaImageProcessor (llava_pl's exports) pads or not itself (do_pad); a bare CLIP one gets LLaVA-1.5's pad
+    pads_itself = isinstance(processor, (LlavaImageProcessor, LlavaImageProcessorPil))
+    image_aspect = image_aspect or ("crop" if pads_itself else "pad")
+    return LoadedModel(model, tokenizer, instantiate(template), ImageTransform(processor, image_aspect))

@@ -22,6 +22,7 @@ from lightning.fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 
 from llava_pl.checkpoint import load_for_inference
+from llava_pl.errors import ConfigError, UsageError, reports_user_errors
 from llava_pl.eval.runner import Processes, Runner, score_file
 from llava_pl.eval.task import Metrics, Task
 from llava_pl.eval.task_config import instantiate_tasks
@@ -29,6 +30,8 @@ from llava_pl.resolvers import register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
+USAGE = ("python -m llava_pl.evaluate model=PATH task=NAME [devices=N ...] | python -m llava_pl.evaluate "
+         "task=NAME predictions=FILE [out=FILE]   (--help lists every key)")
 
 
 def format_metrics(results: dict[str, Metrics]) -> str:
@@ -49,27 +52,27 @@ def answer_and_score(cfg: DictConfig, tasks: dict[str, Task]) -> dict[str, Metri
     sampling = OmegaConf.to_container(cfg.sampling) if cfg.sampling else {}
     runner = Runner(model, loaded.tokenizer, loaded.template, loaded.image_transform, batch_size=cfg.batch_size,
                     model_id=Path(str(cfg.model)).name, autocast=fabric.autocast, **sampling)
-    processes = Processes(fabric.global_rank, fabric.world_size, fabric.barrier)
+    processes = Processes(fabric.global_rank, fabric.world_size)
     results = {}
     for name, task in tasks.items():
         result = runner.run(name, task, cfg.out_dir, limit=cfg.limit, processes=processes)
-        if result is not None:
-            results[name] = result.metrics
+        results[name] = result.metrics
+        if processes.is_main:
             log.info(f"{name}: {len(result.answers)} answers in {result.predictions}")
     return results if fabric.global_rank == 0 else None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Metrics] | None:
     """Scores ``cfg.predictions`` or runs ``cfg.model``; prints the metrics and writes ``cfg.out``."""
+    if not cfg.predictions and not cfg.model:
+        raise UsageError(f"give model=PATH (answer and score) or predictions=FILE (score only)\nusage: {USAGE}")
     tasks = instantiate_tasks(cfg.task)
     if cfg.predictions:
         if len(tasks) != 1:
-            raise ValueError(f"predictions= scores one task; task= selects {sorted(tasks)}")
+            raise ConfigError(f"predictions= scores one task; task= selects {sorted(tasks)}")
         results: dict[str, Metrics] | None = {name: score_file(task, cfg.predictions) for name, task in tasks.items()}
-    elif cfg.model:
-        results = answer_and_score(cfg, tasks)
     else:
-        raise SystemExit(__doc__)
+        results = answer_and_score(cfg, tasks)
     if results is None:  # not rank 0
         return None
     print(format_metrics(results))
@@ -82,6 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Metrics] | None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf/eval", config_name="evaluate")
+@reports_user_errors
 def main(cfg: DictConfig) -> Any:
     evaluate(cfg)
 

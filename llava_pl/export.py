@@ -1,8 +1,8 @@
 """Export to a native Hugging Face Llava folder: ``python -m llava_pl.export ckpt=PATH out=DIR``.
 
 The folder loads with ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained``
-and no llava_pl code: config, safetensors weights as ``save_pretrained`` writes them, tokenizer, image
-processor.
+and no llava_pl code: config, safetensors weights as ``save_pretrained`` writes them, tokenizer, and a processor
+whose chat template and image processor give the model its training inputs (``llava_pl.export_processor``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import copy
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerBase
 
+from llava_pl.cli import answer_help, main_argv, parse_key_values
 from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.data.images import ImageAspect, ImageTransform
+from llava_pl.data.templates import ChatTemplate, Template
+from llava_pl.errors import ConfigError, reports_user_errors
+from llava_pl.export_processor import hf_processor
 from llava_pl.fault.atomic import atomic_path
 from llava_pl.lora import has_lora
 from llava_pl.model.llava import LlavaModel
@@ -92,14 +96,34 @@ def _image_token_id(tokenizer: PreTrainedTokenizerBase, llm: torch.nn.Module) ->
     return token_id
 
 
+def _template(template: Template | None, tokenizer: PreTrainedTokenizerBase) -> Template:
+    if template is not None:
+        return template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ExportError("the tokenizer has no chat template: pass the template the model trained with "
+                          "(python -m llava_pl.export reads it from the checkpoint)")
+    return ChatTemplate()
+
+
 def to_hf_llava(
-    model: LlavaModel, tokenizer: PreTrainedTokenizerBase
+    model: LlavaModel,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
+    image_aspect: ImageAspect = "pad",
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Builds a ``LlavaForConditionalGeneration`` (and its processor) holding exactly this model's weights."""
+    """Builds a ``LlavaForConditionalGeneration`` (and its processor) holding exactly this model's weights.
+
+    Args:
+        template: the template the model trained with (default: the tokenizer's chat template); the processor's
+            chat template renders as it does.
+        image_aspect: the aspect the model trained with; the processor's image processor reproduces it.
+    """
     _check_backbones(model)
+    template = _template(template, tokenizer)
     strategy = feature_select_strategy(model)
     projector = _projector_state(model)
     llm = _merged_llm(model)
+    tokenizer = copy.deepcopy(tokenizer)  # it gains <image> and the chat template; the caller's stays as it was
     image_token_id = _image_token_id(tokenizer, llm)
     text_config = llm.config
     config = LlavaConfig(
@@ -123,20 +147,27 @@ def to_hf_llava(
     missing = [key for key in missing if key != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
         raise ExportError(f"weights do not map onto LlavaForConditionalGeneration: missing {missing}, unexpected {unexpected}")
-    processor = LlavaProcessor(
-        image_processor=model.vision.image_processor,
-        tokenizer=tokenizer,
-        patch_size=model.vision.tower.config.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=model.vision.num_prefix_tokens,
-        image_token=IMAGE_PLACEHOLDER,
-    )
+    try:
+        processor = hf_processor(tokenizer, template, ImageTransform(model.vision.image_processor, image_aspect),
+                                 model.vision.tower.config.patch_size, strategy, model.vision.num_prefix_tokens)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    # generate() stops where llava_pl's answers stop: at the template's end-of-turn token
+    hf_model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
+    hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
     return hf_model.eval(), processor
 
 
-def export(model: LlavaModel, tokenizer: PreTrainedTokenizerBase, out: str | Path) -> Path:
-    """Writes the folder atomically: ``out`` holds either the previous export or the complete new one."""
-    hf_model, processor = to_hf_llava(model, tokenizer)
+def export(
+    model: LlavaModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out: str | Path,
+    template: Template | None = None,
+    image_aspect: ImageAspect = "pad",
+) -> Path:
+    """Writes the folder atomically: ``out`` holds either the previous export or the complete new one.
+    ``template`` and ``image_aspect`` as for ``to_hf_llava``."""
+    hf_model, processor = to_hf_llava(model, tokenizer, template, image_aspect)
     out = Path(out)
     with atomic_path(out) as partial:
         hf_model.save_pretrained(partial)
@@ -144,14 +175,24 @@ def export(model: LlavaModel, tokenizer: PreTrainedTokenizerBase, out: str | Pat
     return out
 
 
-def main() -> None:
+USAGE = "python -m llava_pl.export ckpt=PATH out=DIR"
+
+
+@reports_user_errors
+def main(argv: list[str] | None = None) -> None:
     from llava_pl.checkpoint import load_for_inference
 
-    args = OmegaConf.from_cli()
-    if "ckpt" not in args or "out" not in args:
-        raise SystemExit("usage: python -m llava_pl.export ckpt=PATH out=DIR")
-    loaded = load_for_inference(str(args.ckpt))
-    print(f"exported to {export(loaded.model, loaded.tokenizer, args.out)}")
+    argv = main_argv(argv)
+    answer_help(argv, __doc__ + f"\nusage: {USAGE}")
+    args, _ = parse_key_values(argv, {"ckpt": str, "out": str}, USAGE, required=("ckpt", "out"))
+    if not Path(args["ckpt"]).exists():
+        raise FileNotFoundError(f"ckpt: no checkpoint file or exported folder at {args['ckpt']}")
+    loaded = load_for_inference(args["ckpt"])
+    try:
+        out = export(loaded.model, loaded.tokenizer, args["out"], loaded.template, loaded.image_transform.aspect)
+    except ExportError as error:  # the model has a part the Hugging Face class cannot hold: the user's choice
+        raise ConfigError(str(error)) from error
+    print(f"exported to {out}")
 
 
 if __name__ == "__main__":

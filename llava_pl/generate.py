@@ -26,7 +26,8 @@ def prompt_ids(
     """Token ids of a one-question prompt, built exactly as training builds the user turn."""
     text = f"{IMAGE_PLACEHOLDER}\n{question}" if with_image else question
     segments = template.segments([Message("user", text)], tokenizer, add_generation_prompt=True)
-    return torch.tensor(tokenize_segments(segments, tokenizer, tokens_per_image).input_ids, dtype=torch.long)
+    tokens = tokenize_segments(segments, tokenizer, tokens_per_image, add_special_tokens=template.add_special_tokens)
+    return torch.tensor(tokens.input_ids, dtype=torch.long)
 
 
 class Answerer:
@@ -39,15 +40,18 @@ class Answerer:
         template: Template,
         max_new_tokens: int = 16,
         batch_size: int = 32,
+        synced: bool = False,
         **sampling: Any,
     ) -> None:
-        """``sampling``: ``generate`` options such as ``do_sample``, ``temperature``, ``top_p``; greedy without."""
+        """``sampling``: ``generate`` options such as ``do_sample``, ``temperature``, ``top_p``; greedy without.
+        ``synced``: a model sharded over the processes (FSDP2, ZeRO-3) gathers its parameters in every forward
+        pass, so every rank keeps stepping (on finished answers too) until every rank's answers are done."""
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.sampling = {"do_sample": False, **sampling}
+        self.sampling = {"do_sample": False, **sampling, "synced_gpus": synced}
         self.collator = LlavaCollator(tokenizer.pad_token_id, padding_side="left")
         self.stop_id = tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 from llava_pl.model.llava import LlavaModel
 
@@ -31,3 +32,10 @@ def apply_lora(model: LlavaModel, lora: dict[str, Any]) -> None:
 
 def has_lora(module: Any) -> bool:
     return isinstance(module, PeftModel)
+
+
+def reset_adapters(layer: LoraLayer, model: PeftModel) -> None:
+    """Initialises ``layer``'s adapters as peft does when it adds them (LoRA's B at zero: the wrapped layer's
+    output is unchanged), with the settings of ``model``, the peft model holding the layer."""
+    for adapter in layer.lora_A:
+        layer.reset_lora_parameters(adapter, model.peft_config[adapter].init_lora_weights)

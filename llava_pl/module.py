@@ -13,8 +13,10 @@ from llava_pl.lora import apply_lora, has_lora
 from llava_pl.model.centering import check_unsharded, feature_sum, set_input_center
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import LlavaModel
+from llava_pl.model.pretrained_weights import PretrainedWeights
 from llava_pl.model.speed import compile_blocks, vision_towers
 from llava_pl.optim import lr_schedule, parameter_groups
+from llava_pl.precision import precision_policy
 from llava_pl.stage import PARTS, StageConfig
 
 
@@ -46,11 +48,13 @@ class LlavaModule(L.LightningModule):
         model_config: dict[str, Any] | None = None,
         image_aspect: str = "pad",
         center_projector: bool = False,
+        pretrained: PretrainedWeights | None = None,
     ) -> None:
         """``model_config`` (the resolved ``model`` config) is recorded so that a checkpoint can rebuild
         the model for inference and export on its own. ``center_projector``: before the first optimizer step
         of a run that starts at step 0, set the projector's input centre to the mean vision feature of the first
-        batch over all processes (``llava_pl.model.centering``)."""
+        batch over all processes (``llava_pl.model.centering``). ``pretrained``: the weights of the model's
+        empty parts (a sharded build), read once the strategy has sharded the model."""
         super().__init__()
         self.model = model
         self.stage = stage
@@ -68,12 +72,24 @@ class LlavaModule(L.LightningModule):
             compile_blocks(model)
         model.feature_cache = VisionFeatureCache() if stage.vision_feature_cache else None
         self.center_projector = center_projector
+        self.pretrained = pretrained
 
     def configure_model(self) -> None:
-        """Shards the model per transformer block under ``strategy=fsdp`` (Lightning calls this once the
-        processes exist); other strategies wrap or partition the model themselves."""
+        """Applies the precision policy (``llava_pl.precision``: what trains in float32, before the optimizer
+        and before a checkpoint's weights are restored), then shards the model per transformer block under
+        ``strategy=fsdp`` (Lightning calls this once the processes exist); other strategies wrap or partition
+        the model themselves. A sharded build's empty parts then get their pretrained weights
+        (``fill_pretrained``: each process reads only its shards)."""
+        cast = precision_policy(self.trainer.precision, type(self.trainer.strategy)).apply(self.model)
+        if cast:
+            self.print("precision policy: cast " + ", ".join(f"{count:,} parameters to {dtype}"
+                                                            for dtype, count in cast.items()))
         if isinstance(self.trainer.strategy, FSDP2Strategy):
             self.trainer.strategy.shard(self.model, self.model.block_classes())
+        if self.pretrained:  # the empty parts get this process's shards of their weights
+            self.trainer.strategy.fill_pretrained(self.model, self.pretrained)
+            self.print(f"sharded build: each process read its shards of {len(self.pretrained)} pretrained tensors")
+            self.pretrained = None
 
     def train(self, mode: bool = True) -> LlavaModule:
         super().train(mode)
@@ -145,8 +161,10 @@ class LlavaModule(L.LightningModule):
         Computed from the data module rather than with ``trainer.estimated_stepping_batches``, which
         builds the train loader before a checkpoint's data position is restored and so defeats resume.
         """
-        batches = self.trainer.datamodule.train_batches_per_epoch()
+        data = self.trainer.datamodule
+        batches = data.train_batches_per_epoch()
         total = math.ceil(batches / self.trainer.accumulate_grad_batches) * self.stage.epochs
+        self.stage.require_steps(total, data.train_samples_per_epoch(), self.trainer.world_size)
         return min(total, self.stage.max_steps) if self.stage.max_steps > 0 else total
 
     def configure_optimizers(self) -> dict[str, Any]:

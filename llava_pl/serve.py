@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llava_pl.chat_engine import ChatInputError, ChatModel, Conversation, Sampling, open_image
+from llava_pl.cli import require_keys
+from llava_pl.errors import ConfigError, UserError, reports_user_errors
 
 
 DEMO_INSTALL = 'pip install -e ".[demo]"'
+USAGE = "python -m llava_pl.serve model=PATH [host=127.0.0.1 port=7860 ...]  (--help: every key)"
 EMPTY_ANSWER = "(no answer: the model ended its turn at once)"
 ChatHistory = list[dict[str, str]]
 
@@ -146,17 +149,16 @@ def _plain_theme() -> Any:
 
 
 def serve(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "model"):
-        raise SystemExit(__doc__)
+    require_keys(cfg, ["model"], USAGE)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio  # noqa: F401
     except ImportError as error:
-        raise SystemExit(f"the web demo needs Gradio: {DEMO_INSTALL}") from error
+        raise UserError(f"the web demo needs Gradio: {DEMO_INSTALL}") from error
     try:
         Sampling.from_config(cfg)
     except ChatInputError as error:
-        raise SystemExit(str(error)) from error
+        raise ConfigError(str(error)) from error
     chat = ChatModel.from_config(cfg)
     title = f"llava_pl: {os.path.basename(os.path.normpath(str(cfg.model)))}"
     demo = build_demo(chat, cfg, title)
@@ -179,6 +181,7 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf/chat", config_name="serve")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     serve(cfg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ from transformers import PreTrainedTokenizerBase
 from llava_pl.callbacks.monitor import monitor_callbacks
 from llava_pl.checkpoint import model_from_checkpoint
 from llava_pl.data.counts import DataCounts
-from llava_pl.data.options import data_options, datamodule_class
+from llava_pl.data.options import data_options, datamodule_class, stage_image_aspect
 from llava_pl.data.images import ImageTransform
 from llava_pl.distributed.checkpoint_io import ShardAwareCheckpointIO
 from llava_pl.distributed.consolidate import load_checkpoint
 from llava_pl.distributed.resize import ResumeOnAnyWorldSize
+from llava_pl.distributed.sharding import builds_sharded
 from llava_pl.distributed.unshard import unsharded_model
+from llava_pl.errors import ConfigError
 from llava_pl.eval.callback import eval_callbacks
+from llava_pl.eval.processes import Processes
 from llava_pl.fault.atomic import remove_partial_files
 from llava_pl.fault.callbacks import fault_callbacks
 from llava_pl.fault.config import FaultConfig
@@ -32,8 +36,10 @@ from llava_pl.fault.preemption import StopRequest, stop_signals
 from llava_pl.loggers import log_run_config
 from llava_pl.model.build import build_model
 from llava_pl.model.llava import LlavaModel
+from llava_pl.model.pretrained_weights import PretrainedWeights, deferred_weights
 from llava_pl.model.varlen_attention import use_varlen_attention
 from llava_pl.module import LlavaModule
+from llava_pl.precision import apply_tf32
 from llava_pl.projector_io import PROJECTOR_FILE, save_projector
 from llava_pl.provenance import record_run
 from llava_pl.resolvers import register_resolvers
@@ -56,12 +62,12 @@ def selected_stages(cfg: DictConfig) -> list[StageConfig]:
             continue
         stages.append(StageConfig(**OmegaConf.to_container(stage, resolve=True)))
         if stages[-1].name != key:
-            raise ValueError(f"stage.{key} declares name {stages[-1].name!r}; the two must agree")
+            raise ConfigError(f"stage.{key} declares name {stages[-1].name!r}; the two must agree")
     if not stages:
-        raise ValueError("no stage selected: use e.g. stage=align, stage=finetune or stage=[align,finetune]")
+        raise ConfigError("no stage selected: use e.g. stage=align, stage=finetune or stage=[align,finetune]")
     for stage in stages:
         if stage.dataset not in cfg.data.sets:
-            raise ValueError(f"stage {stage.name}: data.sets has no entry {stage.dataset!r}")
+            raise ConfigError(f"stage {stage.name}: data.sets has no entry {stage.dataset!r}")
     return stages
 
 
@@ -109,18 +115,21 @@ def fit_stage(
     run_dir: Path,
     ckpt_path: str | None = None,
     center_projector: bool = False,
+    pretrained: PretrainedWeights | None = None,
 ) -> L.Trainer:
     """Trains one stage (or resumes it from ``ckpt_path``); its checkpoints and projector weights go to
     ``run_dir/<stage name>/``. Afterwards ``trainer.lightning_module.model`` is the trained model as one plain
     module, also after a sharding strategy. ``center_projector``: the projector is fresh, centre it on the
-    first batch's vision features."""
+    first batch's vision features. ``pretrained``: the weights of the model's empty parts (a sharded build),
+    read once the strategy has sharded the model."""
     stage_dir = run_dir / stage.name
+    image_aspect = stage_image_aspect(cfg.data, stage)
     data = datamodule_class(cfg.data)(  # LlavaDataModule, or data.datamodule (data=wds streams shards)
         **cfg.data.sets[stage.dataset],
         image_folder=cfg.data.image_folder,
         micro_batch_size=stage.micro_batch_size,
         max_length=stage.max_length,
-        image_aspect=cfg.data.image_aspect,
+        image_aspect=image_aspect,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
         **data_options(cfg.data),  # on_bad_sample, length_cache, ...
@@ -128,13 +137,13 @@ def fit_stage(
     if cfg.data.get("packing"):
         log.info(f"packing: the LLM attends within each sample with {use_varlen_attention(model.llm)} attention")
     data.connect(tokenizer, instantiate(stage.template), model.vision.image_processor, model.tokens_per_image)
-    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), cfg.data.image_aspect,
-                         center_projector=center_projector)
+    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True), image_aspect,
+                         center_projector=center_projector, pretrained=pretrained)
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", **cfg.checkpoint)
     extra_callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     extra_callbacks.append(DataCounts())  # data/samples/<source>, data/bad_samples/<reason>, end-of-stage summary
     extra_callbacks += eval_callbacks(cfg, tokenizer, instantiate(stage.template),
-                                      ImageTransform(model.vision.image_processor, cfg.data.image_aspect),
+                                      ImageTransform(model.vision.image_processor, image_aspect),
                                       run_dir / stage.name / "eval")
     extra_callbacks += fault_callbacks(FaultConfig.from_cfg(cfg), stage_checkpoint(run_dir, stage))
     extra_callbacks.append(ResumeOnAnyWorldSize())  # a checkpoint resumes on any number of devices
@@ -165,12 +174,17 @@ def fit_stage(
     return trainer
 
 
-@rank_zero_only
-def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> dict:
+def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
+             image_aspect: str) -> dict:
+    """On every process (each answers its share of the questions); every one returns the results, rank 0
+    logs them."""
     evaluation = instantiate(cfg.evaluation)
     template = instantiate(cfg.model.llm.template)
-    transform = ImageTransform(model.vision.image_processor, cfg.data.image_aspect)
-    results = evaluation(model, tokenizer, template, transform, run_dir)
+    transform = ImageTransform(model.vision.image_processor, image_aspect)
+    processes = Processes.current()
+    results = evaluation(model, tokenizer, template, transform, run_dir, processes=processes)
+    if not processes.is_main:
+        return results
     metrics = {f"eval/{kind}/{key}": value for kind, row in results.items() for key, value in row.items()}
     loggers = build_loggers(cfg.get("logger"), "eval")
     log_run_config(loggers, cfg)
@@ -183,7 +197,7 @@ def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerB
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Runs every selected stage on one model, then its evaluation; returns the evaluation results.
 
-    The config is checked before anything is built. SIGTERM/SIGUSR1 stop the run gracefully: a checkpoint
+    The config is checked before anything is built. ``faults.stop_signals`` stop the run gracefully: a checkpoint
     at the next step boundary, then ``TrainingPreempted`` (exit status ``faults.requeue_exit_code``).
     """
     stages = selected_stages(cfg)
@@ -194,6 +208,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopRequest) -> dict[str, Any]:
     """The body of ``run``: ``stop`` is checked between stages (within a stage ``GracefulStop`` acts)."""
+    apply_tf32(cfg.get("allow_tf32", False))
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -208,17 +223,22 @@ def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopReq
         log.info(f"stages already complete in {run_dir}: {[stage.name for stage in completed]}")
         final = stage_checkpoint(run_dir, completed[-1])
         model = model_from_checkpoint(cfg.model, tokenizer, load_checkpoint(final))
+        pretrained = None
     else:
-        model = build_model(cfg.model, tokenizer)
+        # a sharding strategy builds the pretrained backbones empty: each process reads its shards after sharding
+        with deferred_weights() if builds_sharded(instantiate(cfg.strategy)) else nullcontext() as pretrained:
+            model = build_model(cfg.model, tokenizer)
     # model.center_projector centres a fresh projector: neither trained by an earlier stage nor loaded
     fresh_projector = not completed and not cfg.model.get("projector_weights")
     for index, (stage, ckpt_path) in enumerate(plan):
         stop.raise_if_requested()
         center = bool(cfg.model.get("center_projector")) and fresh_projector and index == 0 and ckpt_path is None
-        model = fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path, center).lightning_module.model
+        model = fit_stage(cfg, stage, model, tokenizer, run_dir, ckpt_path, center,
+                          pretrained if index == 0 else None).lightning_module.model
     stop.raise_if_requested()
-    results = (evaluate(cfg, model, tokenizer, run_dir) or {}) if cfg.get("evaluation") else {}
-    if results:
+    last_aspect = stage_image_aspect(cfg.data, stages[-1])  # the model is evaluated as its last stage saw images
+    results = (evaluate(cfg, model, tokenizer, run_dir, last_aspect) or {}) if cfg.get("evaluation") else {}
+    if results and Processes.current().is_main:
         from llava_pl.eval.shapes import format_table
 
         print(format_table(results))

@@ -14,12 +14,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from llava_pl.data.images import IMAGE_ASPECTS
+from llava_pl.errors import ConfigError  # the config cannot train; the message lists every problem with its key
 from llava_pl.fault.config import FaultConfig
 from llava_pl.stage import StageConfig
-
-
-class ConfigError(ValueError):
-    """The config cannot train; the message lists every problem with its key."""
 
 
 def _uses_cpu(trainer_cfg: DictConfig) -> bool:
@@ -109,6 +107,21 @@ def _strategy_problems(cfg: DictConfig) -> Iterator[str]:
                f"{cfg.trainer.get('accelerator', 'auto')} here means the CPU; use strategy=fsdp or ddp on CPUs")
 
 
+def _hardware_problems(trainer_cfg: DictConfig) -> Iterator[str]:
+    """GPUs asked for that this machine lacks (Lightning would say so only once the model is built)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    if accelerator == "gpu" and torch.backends.mps.is_available():
+        return
+    available, devices = torch.cuda.device_count(), trainer_cfg.get("devices", "auto")
+    if not available:
+        yield (f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU; use trainer.accelerator=cpu "
+               "(or auto)")
+    elif isinstance(devices, int) and devices > available:
+        yield f"trainer.devices={devices}, but this machine has {available} CUDA GPU(s)"
+
+
 def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
     """Raises ``ConfigError`` listing every problem found; returns the typed ``faults`` section."""
     problems: list[str] = []
@@ -116,8 +129,12 @@ def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
     for stage in stages:
         problems += _batch_problems(stage, world_size)
     problems += _vision_problems(cfg)
+    aspect = (cfg.get("data") or {}).get("image_aspect")
+    if aspect is not None and aspect not in IMAGE_ASPECTS:
+        problems.append(f"data.image_aspect={aspect} must be null (each stage's own) or one of {list(IMAGE_ASPECTS)}")
     problems += _checkpoint_problems(cfg)
     problems += _strategy_problems(cfg)
+    problems += _hardware_problems(cfg.trainer) if "trainer" in cfg else []
     faults = None
     try:
         faults = FaultConfig.from_cfg(cfg)

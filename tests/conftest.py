@@ -17,6 +17,7 @@ from llava_pl.resolvers import register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FORMATS_DIR = Path(__file__).resolve().parents[2] / "shared" / "formats"
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "llava-golden"
 
 register_resolvers()
 for variable in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
@@ -106,6 +107,14 @@ def formats_file(name: str) -> Path:
     path = FORMATS_DIR / name
     if not path.is_file():
         pytest.skip(f"{path} not found: the shared real-data excerpts are only present in the project workspace")
+    return path
+
+
+def golden_path(name: str) -> Path:
+    """A file or folder of LLaVA-1.5's own outputs (``shared/llava-golden``); skips the test where it is absent."""
+    path = GOLDEN_DIR / name
+    if not path.exists():
+        pytest.skip(f"{path} not found: LLaVA's golden outputs are only present in the project workspace")
     return path
 
 

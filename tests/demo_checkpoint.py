@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -14,22 +14,25 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from llava_pl.chat_engine import ChatModel
+from llava_pl.data.options import stage_image_aspect
 from llava_pl.model.build import build_model
 from llava_pl.module import LlavaModule
 from llava_pl.train import selected_stages
 from tests.conftest import CONF_DIR, small_overrides
 
 
-def save_demo_checkpoint(data_dir: Path, folder: Path, seed: int = 0) -> Path:
+def save_demo_checkpoint(data_dir: Path, folder: Path, seed: int = 0, overrides: Sequence[str] = ()) -> Path:
     """The demo model (tiny CLIP tower, tiny Llama, the demo tokenizer's ChatML template) with random weights,
-    saved as a finetune ``last.ckpt`` holds it: the Lightning module's state dict and hyperparameters."""
+    saved as a finetune ``last.ckpt`` holds it: the Lightning module's state dict and hyperparameters.
+    ``overrides``: more config overrides (another tokenizer or template, say)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*small_overrides(data_dir, folder / "run"), "stage=finetune"])
+        cfg = compose("train", overrides=[*small_overrides(data_dir, folder / "run"), "stage=finetune", *overrides])
     tokenizer = instantiate(cfg.model.llm.tokenizer)
     torch.manual_seed(seed)
     model = build_model(cfg.model, tokenizer)
-    module = LlavaModule(model, selected_stages(cfg)[0], OmegaConf.to_container(cfg.model, resolve=True),
-                         cfg.data.image_aspect)
+    stage = selected_stages(cfg)[0]
+    module = LlavaModule(model, stage, OmegaConf.to_container(cfg.model, resolve=True),
+                         stage_image_aspect(cfg.data, stage))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "last.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),

@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
+from llava_pl.callbacks.samples import pick_samples
 from llava_pl.data.bad_samples import REASONS, DropBadSamples
 from llava_pl.data.collate import LlavaCollator
 from llava_pl.data.conversation import SampleError
 from llava_pl.data.datamodule import LlavaDataModule
 from llava_pl.data.templates import PlainTemplate
 from llava_pl.data.wds import WdsDataModule
+from llava_pl.train import run
 from tests.data_helpers import connect, draw_image, mixed_records, record, write_dataset
 
 GOOD = mixed_records(8)
@@ -130,6 +133,22 @@ def test_malformed_json_lines_and_whole_files(tmp_path, tokenizer) -> None:
         whole.setup("fit")
 
 
+def test_a_missing_image_folder_is_named_up_front_and_a_missing_file_with_its_folder(tmp_path, tokenizer) -> None:
+    folder = tmp_path / "data"
+    write_dataset(folder, GOOD)
+    wrong = tmp_path / "no-such-folder"
+    data = LlavaDataModule(str(folder / "data.json"), str(wrong), micro_batch_size=3, num_workers=0)
+    connect(data, tokenizer)
+    with pytest.raises(FileNotFoundError, match=f"image folder not found: {wrong} \\(the folder the image paths of "
+                                                f"{folder / 'data.json'} are relative to\\)"):
+        data.setup("fit")
+    (folder / GOOD[0]["image"]).unlink()
+    data = _module(folder, tokenizer, "error", "missing_image")
+    with pytest.raises(SampleError, match=f"sample {GOOD[0]['id']}: image file not found: {GOOD[0]['image']} in "
+                                          f"image folder {folder}$"):
+        data.setup("fit")
+
+
 def test_a_micro_batch_of_only_bad_samples_still_steps() -> None:
     collate = DropBadSamples(LlavaCollator(pad_token_id=0), pad_token_id=0)
     batch = collate([{"id": "x", "bad": ("corrupt_image", "m"), "source": "s"}])
@@ -156,3 +175,39 @@ def test_stream_skips_bad_samples_and_keeps_batches_full(tmp_path, tokenizer) ->
     error.setup("fit")
     with pytest.raises(SampleError, match="sample bad-1: image does not decode"):
         list(error.train_dataloader())
+
+
+def test_a_skipped_sample_is_never_a_generation_prompt(tmp_path, tokenizer) -> None:
+    folder = tmp_path / "data"
+    _bad_case("too_long", folder)  # its images exist and it parses: only its length makes it bad
+    data = _module(folder, tokenizer, "skip", "too_long")
+    data.setup("fit")
+    assert data.bad_samples.as_dict() == {"too_long": 1}
+    picked = [sample.sample_id for sample in pick_samples(data.train_set, count=len(data.train_set))]
+    assert "bad-1" not in picked and len(picked) == len(data.train_set) - 1
+
+
+@pytest.mark.slow
+def test_every_skipped_sample_reaches_the_logs_in_a_run_shorter_than_a_logging_interval(compose_config,
+                                                                                        tmp_path) -> None:
+    folder = tmp_path / "data"
+    records = [record("long-1", ["<image>\n" + "a long question " * 200, "a."], "img/long.png"),
+               *mixed_records(7), record("corrupt-1", ["<image>\nWhat is it?", "A shape."], "img/corrupt.png")]
+    path = write_dataset(folder, records)
+    (folder / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    # 8 records drawn per epoch (the too-long one never): one optimizer step each, the corrupt image met every time
+    cfg = compose_config("stage=finetune", "evaluation=none", "report=none", "data=llava", "data.on_bad_sample=skip",
+                         f"data.image_folder={folder}", f"data.sets.finetune.train={path}",
+                         "stage.finetune.max_length=256", "stage.finetune.micro_batch_size=4",
+                         "stage.finetune.global_batch_size=8", "stage.finetune.epochs=3", "stage.finetune.max_steps=3",
+                         "trainer.log_every_n_steps=50", "monitor.samples.num_samples=9",
+                         "monitor.samples.max_new_tokens=2", shapes=False)
+    run(cfg)
+    logs = Path(cfg.run_dir) / "logs" / "finetune"
+    with (logs / "metrics.csv").open() as file:
+        rows = [row for row in csv.DictReader(file) if row.get("data/bad_samples/too_long")]
+    assert len(rows) == 1 and rows[0]["step"] == "3"  # logged once, at the end of the stage
+    assert float(rows[0]["data/bad_samples/too_long"]) == 1 and float(rows[0]["data/bad_samples/corrupt_image"]) == 3
+    with (logs / "samples.csv").open() as file:
+        prompted = {row["id"] for row in csv.DictReader(file)}
+    assert prompted and not prompted & {"long-1", "corrupt-1"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import re
+
+from PIL import Image
 
 from llava_pl.data.inspect import main
 from tests.conftest import small_overrides
@@ -24,3 +27,23 @@ def test_inspector_shows_image_spans_supervision_counts_and_bad_samples(data_dir
     first_answer = records[0]["conversations"][1]["value"]
     assert f"[[{first_answer}" in out  # supervised spans are marked
     assert "7 records: 6 good, 1 bad" in out and "image_count" in out and "sample broken" in out
+
+
+def test_inspector_decodes_every_image_and_counts_corrupt_and_truncated_files(data_dir, tmp_path, capsys) -> None:
+    records = mixed_records(8)  # 6 with an image, 2 text-only
+    path = write_dataset(tmp_path / "data", records)
+    folder = path.parent
+    images = [folder / entry["image"] for entry in records if "image" in entry]
+    images[0].write_bytes(images[0].read_bytes()[: images[0].stat().st_size // 2])  # a truncated PNG
+    Image.open(images[1]).convert("RGB").save(buffer := io.BytesIO(), format="JPEG")
+    images[1].write_bytes(buffer.getvalue()[:-200])  # a truncated JPEG
+    images[2].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # not an image at all
+    args = ["n=0", "color=never", "stage=finetune", "data=llava", f"data.image_folder={folder}",
+            f"data.sets.finetune.train={path}", *small_overrides(data_dir, tmp_path / "run", shapes=False)]
+    main(args)
+    out = capsys.readouterr().out
+    assert "8 records: 5 good, 3 bad (every image decoded)" in out
+    assert re.search(r"^  corrupt_image +3 ", out, re.MULTILINE)
+    assert all(f"image does not decode: {image}" in out for image in images[:3])
+    main([*args, "decode=false"])  # only whether each file exists, as training checks before it starts
+    assert "8 records: 8 good, 0 bad (images not decoded" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from llava_pl.data.conversation import SampleError
 from llava_pl.data.records import ShardRecords, decode_pixels
 from llava_pl.data.to_wds import convert, main
 from llava_pl.data.wds import WdsDataModule
-from tests.data_helpers import connect, mixed_records, transform, write_dataset
+from tests.data_helpers import connect, mixed_records, processor, transform, write_dataset
 
 SHARD_SIZE = 10
 
@@ -76,6 +76,22 @@ def test_converter_writes_manifest_keeps_text_only_and_reports_bad(tmp_path, cap
     assert [shards.record(i) for i in range(len(shards))] == kept  # the records as they were, in order
     text_only = [i for i in range(len(shards)) if "image" not in shards.record(i)]
     assert text_only and all(list(shards.entry(i)[2]) == ["json"] for i in text_only)
+
+
+def test_converter_fails_when_no_record_converts(tmp_path, capsys) -> None:
+    source = write_dataset(tmp_path / "json", [entry for entry in mixed_records(8) if "image" in entry])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as stopped:  # a folder without the images: every record is bad
+        main([f"in={source}", f"images={empty}", f"out={tmp_path / 'out'}", "progress=false"])
+    captured = capsys.readouterr()
+    assert stopped.value.code == 1 and "0 of 6 records" in captured.out and "missing_image     6" in captured.out
+    assert captured.err == f"error: no record of {source} converted (6 records): check images= and the bad " \
+                           "samples above\n"
+    with pytest.raises(SystemExit) as stopped:  # a folder that does not exist: named before anything is written
+        main([f"in={source}", f"images={tmp_path / 'nowhere'}", f"out={tmp_path / 'out2'}", "progress=false"])
+    assert stopped.value.code == 1 and not (tmp_path / "out2").exists()
+    assert capsys.readouterr().err.startswith(f"error: image folder not found: {tmp_path / 'nowhere'} ")
 
 
 def test_converter_resumes_where_it_stopped(source: Path, tmp_path) -> None:
@@ -191,7 +207,7 @@ def preprocessed(source: Path, tmp_path_factory) -> Path:
 
 def test_converter_stores_preprocessed_pixels(shards, preprocessed) -> None:
     manifest = json.loads((preprocessed / "manifest.json").read_text())
-    made_for = {"size": [16, 16], "aspect": "pad", "fill": [123, 117, 104], "resize": {"shortest_edge": 16},
+    made_for = {"size": [16, 16], "aspect": "pad", "fill": [122, 116, 104], "resize": {"shortest_edge": 16},
                 "resample": "bicubic", "crop": [16, 16]}
     assert manifest["preprocessing"] == made_for
     shards, images = ShardRecords(preprocessed), ShardRecords(shards)
@@ -259,6 +275,31 @@ def test_preprocessed_shards_refuse_another_image_transform(source, preprocessed
         _batches(streamed)
 
 
+
+def test_shards_preprocessed_for_crop_serve_a_crop_stage(source, preprocessed, tokenizer, tmp_path) -> None:
+    """LLaVA-1.5's align stage crops: shards converted with image_aspect=crop give it the JSON's batches, and the
+    padded shards are refused."""
+    cropped = tmp_path / "cropped"
+    convert(source, source.parent, cropped, shard_size=SHARD_SIZE, progress=False,
+            transform=ImageTransform(processor(), "crop"))
+    assert json.loads((cropped / "manifest.json").read_text())["preprocessing"] == {
+        "size": [16, 16], "aspect": "crop", "fill": None, "resize": {"shortest_edge": 16}, "resample": "bicubic",
+        "crop": [16, 16]}
+
+    def module(train, aspect="crop"):
+        data = LlavaDataModule(str(train), str(source.parent), micro_batch_size=4, num_workers=0, seed=7,
+                               image_aspect=aspect)
+        connect(data, tokenizer)
+        return data
+
+    from_json = _batches(module(source))
+    _assert_same(from_json, _batches(module(cropped)))  # pixels bit for bit
+    padded = _batches(module(source, "pad"))
+    assert not torch.equal(from_json[0]["pixel_values"], padded[0]["pixel_values"])  # the images are not square
+    with pytest.raises(ValueError, match="differ in aspect, fill"):
+        module(preprocessed).setup("fit")
+
+
 def test_preprocessing_conversion_resumes_and_refuses_other_settings(source, tmp_path) -> None:
     out = tmp_path / "out"
     convert(source, source.parent, out, shard_size=SHARD_SIZE, progress=False, transform=transform())
@@ -283,8 +324,10 @@ def test_converter_command_line_takes_a_vision_preset(source, tmp_path, capsys) 
     assert manifest["preprocessing"] == {"size": [96, 96], "aspect": "resize", "fill": None,
                                          "resize": {"shortest_edge": 112}, "resample": "bicubic", "crop": [96, 96]}
     assert "images pre-processed for" in capsys.readouterr().out
-    assert main([f"in={source}", f"out={tmp_path / 'x'}", "vision=no-such-preset"]) == 1
-    assert "no vision preset 'no-such-preset'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main([f"in={source}", f"out={tmp_path / 'x'}", "vision=no-such-preset"])
+    assert stopped.value.code == 1
+    assert "error: no vision preset 'no-such-preset'" in capsys.readouterr().err
 
     class Shifted(CLIPImageProcessor):  # a processor llava_pl does not reproduce: no pixels can be computed ahead
         def __call__(self, *args, **kwargs):

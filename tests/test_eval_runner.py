@@ -96,10 +96,10 @@ class _CountingRunner(Runner):
         self.asked: list[str] = []
         self.fail_after_batches = fail_after_batches
 
-    def answer(self, task, samples, log_file) -> None:
-        self.asked += [sample.key for sample in samples]
+    def answer(self, task, samples, log_file, real=None, synced=False) -> list[dict]:
+        self.asked += [sample.key for sample in samples[:real]]
         if self.fail_after_batches is None:
-            return super().answer(task, samples, log_file)
+            return super().answer(task, samples, log_file, real, synced)
         super().answer(task, samples[: self.fail_after_batches * self.batch_size], log_file)
         raise KeyboardInterrupt
 

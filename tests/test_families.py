@@ -52,7 +52,8 @@ def _llm_family(option: str, compose_config, data_dir: Path, tmp_path: Path):
 
 def _batch(model: LlavaModel, tokenizer, template, transform: ImageTransform, image: Image.Image) -> dict:
     conversation = parse_record(RECORD, "mem.json", 0)
-    tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, model.tokens_per_image)
+    tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, model.tokens_per_image,
+                               add_special_tokens=template.add_special_tokens)
     ids = torch.tensor([tokens.input_ids])
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([tokens.labels]),
             "pixel_values": transform(image).unsqueeze(0), "images_per_sample": torch.tensor([1])}
@@ -74,8 +75,8 @@ def _trains(model: LlavaModel, batch: dict) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def _exported_logits_match(model: LlavaModel, tokenizer, batch: dict, out: Path) -> None:
-    export(model.eval(), tokenizer, out)
+def _exported_logits_match(model: LlavaModel, tokenizer, template, batch: dict, out: Path) -> None:
+    export(model.eval(), tokenizer, out, template)
     hf = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     ids = batch["input_ids"]
     hf_ids = torch.where(ids == IMAGE_TOKEN_ID, torch.full_like(ids, hf.config.image_token_id), ids)
@@ -90,7 +91,7 @@ def test_llm_family_masks_exactly_the_assistant_turns(option, compose_config, da
     _, tokenizer, template, model = _llm_family(option, compose_config, data_dir, tmp_path)
     conversation = parse_record(RECORD, "mem.json", 0)
     segments = template.segments(conversation.messages, tokenizer)
-    tokens = tokenize_segments(segments, tokenizer, model.tokens_per_image)
+    tokens = tokenize_segments(segments, tokenizer, model.tokens_per_image, add_special_tokens=template.add_special_tokens)
     end = template.stop_token(tokenizer)
     prefix = " " if isinstance(template, VicunaTemplate) else ""
     assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [f"{prefix}Red.{end}", f"{prefix}It is blue.{end}"]
@@ -115,7 +116,7 @@ def test_llm_family_trains_and_exports(option, compose_config, data_dir, tmp_pat
         with pytest.raises(ExportError, match="final_logit_softcapping"):
             export(model, tokenizer, tmp_path / "hf")
     else:
-        _exported_logits_match(model, tokenizer, batch, tmp_path / "hf")
+        _exported_logits_match(model, tokenizer, template, batch, tmp_path / "hf")
 
 
 @pytest.mark.parametrize(("option", "message"), [
@@ -173,4 +174,4 @@ def test_vision_family_trains_and_exports(option, compose_config, data_dir, tmp_
         with pytest.raises(ExportError, match="fuses several towers"):
             export(model, tokenizer, tmp_path / "hf")
     else:
-        _exported_logits_match(model, tokenizer, batch, tmp_path / "hf")
+        _exported_logits_match(model, tokenizer, ChatTemplate(), batch, tmp_path / "hf")

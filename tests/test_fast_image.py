@@ -16,7 +16,7 @@ PROCESSORS = pytest.mark.parametrize("processor", [
     SiglipImageProcessor(size={"height": 384, "width": 384}),
     CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
 ], ids=["clip-336", "siglip-384", "clip-crop"])
-ASPECTS = pytest.mark.parametrize("aspect", ["pad", "resize"])
+ASPECTS = pytest.mark.parametrize("aspect", ["pad", "crop", "resize"])
 
 
 @PROCESSORS
@@ -63,7 +63,10 @@ def test_pixels_computed_ahead_normalise_to_the_same_tensor(processor, aspect) -
 def test_preprocessing_names_every_step() -> None:
     clip = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
     assert ImageTransform(clip).preprocessing() == {
-        "size": [32, 32], "aspect": "pad", "fill": [123, 117, 104], "resize": {"shortest_edge": 40},
+        "size": [32, 32], "aspect": "pad", "fill": [122, 116, 104], "resize": {"shortest_edge": 40},
+        "resample": "bicubic", "crop": [32, 32]}  # LLaVA's fill: int(x * 255) of CLIP's mean, not round
+    assert ImageTransform(clip, "crop").preprocessing() == {
+        "size": [32, 32], "aspect": "crop", "fill": None, "resize": {"shortest_edge": 40},
         "resample": "bicubic", "crop": [32, 32]}
     siglip = SiglipImageProcessor(size={"height": 24, "width": 24}, resample=Image.Resampling.BILINEAR)
     assert ImageTransform(siglip, "resize").preprocessing() == {

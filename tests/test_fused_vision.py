@@ -36,7 +36,7 @@ def test_each_tower_sees_its_own_normalisation_and_features_concatenate_per_patc
 def test_fused_processor_works_in_the_data_pipeline() -> None:
     fused = _fused()
     transform = ImageTransform(fused.image_processor, "pad")
-    assert transform.mean_colour == tuple(round(255 * c) for c in fused.encoders["dino"].image_processor.image_mean)
+    assert transform.fill == tuple(int(c * 255) for c in fused.encoders["dino"].image_processor.image_mean)
     assert transform(Image.new("RGB", (90, 40))).shape == (6, TINY_IMAGE, TINY_IMAGE)
     assert ImageTransform(fused.image_processor, "resize").blank().shape == (6, TINY_IMAGE, TINY_IMAGE)
     assert fused.block_classes == ()  # none named here; presets name one per tower

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from tokenizers import processors
 
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from llava_pl.data.conversation import Message, SampleError, parse_record
@@ -67,10 +69,21 @@ def test_chat_template_renders_the_tokenizer_template(tokenizer) -> None:
 def test_plain_template_supervises_only_the_caption(tokenizer) -> None:
     record = _record("Describe the image briefly.\n<image>", "A red circle at the top.")
     conversation = parse_record(record, "mem.json", 0)
-    tokens = tokenize_segments(PlainTemplate().segments(conversation.messages, tokenizer), tokenizer, TOKENS_PER_IMAGE)
-    assert tokens.input_ids[:TOKENS_PER_IMAGE] == [IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE
-    assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [f"A red circle at the top.{tokenizer.eos_token}"]
-    assert "Describe" not in tokenizer.decode([t for t in tokens.input_ids if t >= 0])
+    for template, end in ((PlainTemplate(), "\n"), (PlainTemplate(end=tokenizer.eos_token), tokenizer.eos_token)):
+        tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, TOKENS_PER_IMAGE,
+                                   add_special_tokens=template.add_special_tokens)
+        assert tokens.input_ids[:TOKENS_PER_IMAGE] == [IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE
+        assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [f"A red circle at the top.{end}"]
+        assert "Describe" not in tokenizer.decode([t for t in tokens.input_ids if t >= 0])
+        # generation stops on the token that ended every caption in training
+        assert tokens.input_ids[-1] == tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
+
+
+def test_plain_template_end_must_be_one_token(tokenizer) -> None:
+    with pytest.raises(ValueError, match="end ' The end.' is not one token after text"):
+        PlainTemplate(end=" The end.").stop_token(tokenizer)
+    with pytest.raises(ValueError, match="must not be empty"):
+        PlainTemplate(end="")
 
 
 def test_non_prefix_stable_chat_template_is_refused(tokenizer) -> None:
@@ -84,6 +97,23 @@ def test_non_prefix_stable_chat_template_is_refused(tokenizer) -> None:
     messages = [Message("user", "hi"), Message("assistant", "there")]
     with pytest.raises(ValueError, match="not prefix-stable"):
         ChatTemplate().segments(messages, Reordering())
+
+
+def test_segments_tokenize_as_one_prompt_after_the_tokenizers_own_bos(tokenizer) -> None:
+    """A segment boundary inside a word does not split it (the word goes to the later segment), the text is cut
+    only at images, and the special tokens the tokenizer adds open the sequence once, unsupervised."""
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    bos_adding = copy.deepcopy(tokenizer)
+    bos_adding.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", start)])
+    words = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    red, circle = words("red circle")
+    segments = [Segment("red cir", False), Segment("cle<image>", True), Segment(" at the<image> top", True)]
+    tokens = tokenize_segments(segments, bos_adding, 2, add_special_tokens=True)
+    image, ignore = [IMAGE_TOKEN_ID] * 2, [IGNORE_INDEX] * 2
+    assert tokens.input_ids == [start, red, circle, *image, *words(" at the"), *image, *words(" top")]
+    assert tokens.labels == [IGNORE_INDEX, IGNORE_INDEX, circle, *ignore, *words(" at the"), *ignore, *words(" top")]
+    assert tokenize_segments(segments, bos_adding, 2).input_ids == tokens.input_ids[1:]
 
 
 def test_truncation_never_cuts_inside_an_image(tokenizer) -> None:
@@ -144,7 +174,7 @@ def test_real_pretrain_captions(tokenizer) -> None:
         tokens = tokenize_segments(PlainTemplate().segments(conversation.messages, tokenizer), tokenizer, TOKENS_PER_IMAGE)
         assert tokens.input_ids[:TOKENS_PER_IMAGE] == [IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE
         caption = record["conversations"][1]["value"]
-        assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [caption + tokenizer.eos_token]
+        assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [caption + "\n"]
 
 
 def test_collated_labels_stay_aligned(tokenizer) -> None:

@@ -416,7 +416,8 @@ def draw_stand_in_images(folder: Path, names: list[str]) -> None:
 def load_through_the_training_data(out: Path, image_folder: Path, tokenizer, tmp_path: Path) -> list[dict[str, Any]]:
     """The generated file as `data=llava` reads it for finetuning (built as llava_pl.train.fit_stage builds it),
     with SmolLM2's tokenizer and template."""
-    from llava_pl.data.options import data_options, datamodule_class
+    from llava_pl.data.options import data_options, datamodule_class, stage_image_aspect
+    from llava_pl.train import selected_stages
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["data=llava", f"data.image_folder={image_folder}",
@@ -425,7 +426,8 @@ def load_through_the_training_data(out: Path, image_folder: Path, tokenizer, tmp
                                           "data.num_workers=0"])
     vision = instantiate(cfg.model.vision)
     data = datamodule_class(cfg.data)(**cfg.data.sets.finetune, image_folder=cfg.data.image_folder,
-                                      micro_batch_size=1, max_length=512, image_aspect=cfg.data.image_aspect,
+                                      micro_batch_size=1, max_length=512,
+                                      image_aspect=stage_image_aspect(cfg.data, selected_stages(cfg)[-1]),
                                       num_workers=cfg.data.num_workers, **data_options(cfg.data))
     data.connect(tokenizer, instantiate(cfg.model.llm.template), vision.image_processor, vision.num_image_tokens)
     data.setup("fit")

@@ -15,7 +15,7 @@ from PIL import Image
 from llava_pl.callbacks import throughput
 from llava_pl.callbacks.history import LossHistory, read_history
 from llava_pl.callbacks.optimization import OptimizationMonitor
-from llava_pl.callbacks.progress import format_eta
+from llava_pl.callbacks.progress import LlavaProgressBar, ProgressLines, format_eta, progress_display
 from llava_pl.callbacks.summary import format_summary
 from llava_pl.callbacks.throughput import ThroughputMonitor
 from llava_pl.metrics.data_wait import DataWaitProfiler
@@ -144,6 +144,23 @@ def test_lr_per_group_and_grad_norm_only_on_logging_steps() -> None:
 def test_eta() -> None:
     assert format_eta(elapsed=30.0, steps_done=10, steps_left=100) == "0:05:00"  # 3 s per step x 100
     assert format_eta(elapsed=3.0, steps_done=0, steps_left=100) == "?"
+
+
+class _Stdout:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdout", _Stdout(tty=True))
+    assert isinstance(progress_display(), LlavaProgressBar)
+    assert isinstance(progress_display(terminal=False), ProgressLines)
+    monkeypatch.setattr("sys.stdout", _Stdout(tty=False))  # redirected: a SLURM job's output file
+    assert isinstance(progress_display(), ProgressLines)
+    assert isinstance(progress_display(terminal=True), LlavaProgressBar)
 
 
 def test_summary_text() -> None:

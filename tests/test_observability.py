@@ -18,8 +18,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from llava_pl.callbacks.progress import LlavaProgressBar
+from llava_pl.callbacks.progress import LlavaProgressBar, ProgressLines
 from llava_pl.callbacks.samples import COLUMNS
+from llava_pl.loggers import ResumableCSVLogger
 from llava_pl.model.build import build_model
 from llava_pl.train import build_loggers, fit_stage, run, selected_stages
 from tests.wandb_records import read_run
@@ -72,10 +73,37 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
 def test_logger_group_composes_several_loggers_and_wandb_modes(compose_config) -> None:
     cfg = compose_config("logger=[csv,wandb,tensorboard]", "logger.mode=disabled")
     loggers = build_loggers(cfg.logger, "align")
-    assert [type(logger).__name__ for logger in loggers] == ["CSVLogger", "_StageWandbLogger", "TensorBoardLogger"]
+    assert [type(logger).__name__ for logger in loggers] == ["ResumableCSVLogger", "_StageWandbLogger",
+                                                             "TensorBoardLogger"]
     assert cfg.logger.wandb.mode == "disabled" and cfg.logger.wandb.entity is None
     with pytest.raises(InstantiationException, match="online, offline or disabled"):
         build_loggers(compose_config("logger=wandb", "logger.mode=offlin").logger, "align")
+
+
+def test_wandb_mode_follows_wandb_mode_from_the_environment(compose_config, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert compose_config("logger=wandb").logger.wandb.mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert compose_config("logger=wandb").logger.wandb.mode == "offline"
+    assert compose_config("logger=wandb", "logger.mode=disabled").logger.wandb.mode == "disabled"  # explicit wins
+
+
+def test_csv_metrics_survive_a_resumed_launch(tmp_path) -> None:
+    first = ResumableCSVLogger(tmp_path, name="logs", version="finetune")
+    for step in range(5):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.finalize("success")  # a launch killed after step 4, whose last checkpoint was at step 3
+    with (tmp_path / "logs" / "finetune" / "metrics.csv").open("a") as file:
+        file.write("1")  # its last row, cut short by the kill: step 1x..., not step 1
+    second = ResumableCSVLogger(tmp_path, name="logs", version="finetune")  # the resumed launch, same folder
+    for step in range(3, 6):
+        second.log_metrics({"train/loss": 10.0 + step, "perf/mfu": 0.5}, step=step)
+    second.finalize("success")
+    with (tmp_path / "logs" / "finetune" / "metrics.csv").open() as file:
+        rows = [(row["step"], row["train/loss"], row["perf/mfu"]) for row in csv.DictReader(file)]
+    # the earlier launch's steps before the resumed one's first stay; the steps it redid are its own
+    assert rows == [("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""),
+                    ("3", "13.0", "0.5"), ("4", "14.0", "0.5"), ("5", "15.0", "0.5")]
 
 
 @pytest.mark.slow
@@ -134,17 +162,37 @@ def test_offline_run_records_metrics_samples_config_and_report(compose_config, n
     assert no_network == []
 
 
-@pytest.mark.slow
-def test_progress_bar_shows_step_loss_throughput_and_eta(compose_config) -> None:
-    cfg = compose_config(*FINETUNE, "stage.finetune.max_steps=2", "trainer.enable_progress_bar=true",
-                         "monitor.progress.refresh_rate=1", "monitor.samples.every_n_steps=100")
+def _fit(cfg):
     for step in cfg.data.prepare:
         instantiate(step)
     tokenizer = instantiate(cfg.model.llm.tokenizer)
     stage = selected_stages(cfg)[0]
-    trainer = fit_stage(cfg, stage, build_model(cfg.model, tokenizer), tokenizer, Path(cfg.run_dir))
+    return fit_stage(cfg, stage, build_model(cfg.model, tokenizer), tokenizer, Path(cfg.run_dir))
+
+
+@pytest.mark.slow
+def test_progress_bar_shows_step_loss_throughput_and_eta(compose_config) -> None:
+    trainer = _fit(compose_config(*FINETUNE, "stage.finetune.max_steps=2", "trainer.enable_progress_bar=true",
+                                  "monitor.progress.terminal=true", "monitor.progress.refresh_rate=1",
+                                  "monitor.samples.every_n_steps=100"))
     bar = trainer.progress_bar_callback
     assert isinstance(bar, LlavaProgressBar)
     shown = bar.get_metrics(trainer, trainer.lightning_module)
     assert shown["step"] == "2/2" and shown["eta"] == "0:00:00" and shown["loss"] > 0
     assert float(shown["tok/s"].replace(",", "")) > 0
+
+
+def test_progress_in_a_log_file_is_one_line_per_logging_step(compose_config, capsys) -> None:
+    # under capsys standard output is not a terminal, as when a job's output goes to a file
+    trainer = _fit(compose_config(*FINETUNE, "stage.finetune.max_steps=5", "trainer.enable_progress_bar=true",
+                                  "trainer.log_every_n_steps=2", "monitor.samples.every_n_steps=100"))
+    assert isinstance(trainer.progress_bar_callback, ProgressLines)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[finetune]")]
+    step = r"\[finetune\] step {}/5  loss \d+\.\d{{4}}  tok/s [\d,]+  eta \d+:\d\d:\d\d"
+    assert re.fullmatch(step.format(2), lines[0]) and re.fullmatch(step.format(4), lines[1]), lines
+    assert re.fullmatch(step.format(5) + r"  \(done in \d+:\d\d:\d\d\)", lines[2]) and len(lines) == 3, lines
+    with (Path(trainer.default_root_dir).parent / "logs" / "finetune" / "metrics.csv").open() as file:
+        logged = [row for row in csv.DictReader(file) if row.get("train/loss")]  # Lightning's steps 1 and 3
+    assert len(logged) == 2
+    for line, row in zip(lines, logged):  # the values logged at that very step
+        assert f"loss {float(row['train/loss']):.4f}  tok/s {float(row['perf/tokens_per_s']):,.0f}  " in line

@@ -44,7 +44,8 @@ def test_every_real_record_loads_tokenizes_and_masks(half, name, tmp_path, token
             assert ids.count(IMAGE_TOKEN_ID) == TOKENS_PER_IMAGE
             answers = [turn["value"] for turn in record["conversations"][1::2]]
             prefix = " " if isinstance(template, VicunaTemplate) else ""
-            assert supervised_runs(tokenizer, ids, labels) == [f"{prefix}{answer}{end}" for answer in answers]
+            turn_end = template.end if isinstance(template, PlainTemplate) else end
+            assert supervised_runs(tokenizer, ids, labels) == [f"{prefix}{answer}{turn_end}" for answer in answers]
             first_image = ids.index(IMAGE_TOKEN_ID)
             prompt = record["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
             before = tokenizer.decode([t for t in ids[:first_image]])

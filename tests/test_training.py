@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llava_pl.train import run
 from tests.conftest import CONF_DIR, small_overrides
@@ -56,6 +57,9 @@ def test_train_py_runs_align_then_finetune_then_evaluates(data_dir, tmp_path) ->
     assert 0 < results["color"]["several_n"] < results["color"]["n"]  # the demo's images have one to three shapes
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert (run_dir / "align" / "projector.safetensors").is_file()
+    for stage, aspect in (("align", "crop"), ("finetune", "pad")):  # LLaVA-1.5's, recorded for inference
+        checkpoint = torch.load(run_dir / stage / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert checkpoint["hyper_parameters"]["image_aspect"] == aspect
     align_losses = _losses(run_dir / "logs" / "align" / "metrics.csv")
     assert len(align_losses) == 3  # 3 optimizer steps of 2 micro-batches each, logged per step
     with (run_dir / "logs" / "eval" / "metrics.csv").open() as file:

@@ -18,6 +18,7 @@ from PIL import Image
 from llava_pl.constants import IMAGE_PLACEHOLDER
 from llava_pl.data.conversation import SampleError
 from llava_pl.data.dataset import LlavaDataset
+from llava_pl.data.mixture import MixtureDataset
 from llava_pl.distributed.sharding import shards_parameters
 from llava_pl.generate import Answerer
 
@@ -49,12 +50,14 @@ class SampleRow:
                 self.answer, self.sample.reference]
 
 
-def pick_samples(dataset: LlavaDataset, count: int) -> list[SampleInput]:
-    """``count`` records spread evenly over the data set, read as the stage's data pipeline reads them."""
+def pick_samples(dataset: LlavaDataset | MixtureDataset, count: int) -> list[SampleInput]:
+    """``count`` records spread evenly over the data set, read as the stage's data pipeline reads them; a record
+    that training skips as bad (too long for ``max_length``, an image that does not decode, ...) is left out."""
     indices = sorted({round(position * len(dataset) / count) for position in range(count)} - {len(dataset)})
     samples = []
     for index in indices:
         try:
+            dataset.check(index)  # the length pass's verdict: what it leaves out of training is no prompt either
             conversation = dataset.conversation(index)
             path = conversation.images[0] if conversation.images else None
             image = None
@@ -62,7 +65,7 @@ def pick_samples(dataset: LlavaDataset, count: int) -> list[SampleInput]:
                 with dataset.open_image(index, conversation, 0) as opened:  # from a folder or a shard
                     image = opened.convert("RGB")
         except SampleError:
-            continue  # a bad sample (data.on_bad_sample=skip leaves it out of training too)
+            continue  # a bad sample: data.on_bad_sample=skip leaves it out of training too
         user = next(message for message in conversation.messages if message.role == "user")
         reference = next(message for message in conversation.messages if message.role == "assistant")
         pixels = dataset.image_tensor(index, conversation, 0) if image is not None else None

@@ -10,6 +10,7 @@ import torch
 
 from llava_pl.constants import IGNORE_INDEX
 from llava_pl.data.conversation import SampleError
+from llava_pl.errors import ConfigError
 
 OnBadSample = Literal["error", "skip"]
 
@@ -29,7 +30,7 @@ REASONS: dict[str, str] = {
 
 def check_policy(on_bad_sample: str) -> OnBadSample:
     if on_bad_sample not in ("error", "skip"):
-        raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+        raise ConfigError(f"data.on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
     return on_bad_sample  # type: ignore[return-value]
 
 

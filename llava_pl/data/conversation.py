@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llava_pl.constants import IMAGE_PLACEHOLDER
+from llava_pl.errors import UserError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -33,7 +34,7 @@ class Conversation:
     messages: tuple[Message, ...]
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """A record of a data file is bad; the message names the file and the sample, ``reason`` says which kind
     of problem it is (one of ``llava_pl.data.bad_samples.REASONS``)."""
 

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 class DataCounts(Callback):
     """``data/samples/<source>`` (samples trained, all ranks) and ``data/bad_samples/<reason>`` (dropped while
-    loading, all ranks, plus those left out before training), cumulative, at every logging step.
+    loading, all ranks, plus those left out before training), cumulative, at every logging step and at the end
+    of the stage (so a run shorter than ``log_every_n_steps``, or the steps after the last logging step, still
+    reach the loggers).
 
     The data module names its sources (``source_names``) and holds the bad samples found before training
     (``bad_samples``, a ``BadSampleReport``).
@@ -28,11 +30,13 @@ class DataCounts(Callback):
         self.local = torch.zeros(0, dtype=torch.float64)
         self.loading = BadSampleReport()
         self._last_step = -1
+        self._logged: dict[str, float] = {}  # what rank 0 last gave the loggers
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.names = list(getattr(trainer.datamodule, "source_names", []))
         self.local = torch.zeros(len(self.names) + len(REASONS), dtype=torch.float64)
         self._last_step = trainer.global_step
+        self._logged = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -68,16 +72,19 @@ class DataCounts(Callback):
                 metrics[f"data/bad_samples/{reason}"] = count
         return metrics
 
-    def _log(self, trainer: L.Trainer, step: int) -> None:
-        metrics = self._metrics(trainer)
+    def _log(self, trainer: L.Trainer, step: int, metrics: dict[str, float] | None = None) -> None:
+        metrics = self._metrics(trainer) if metrics is None else metrics
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
+            self._logged = metrics
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = self._metrics(trainer)
         if not trainer.is_global_zero:
             return
+        if metrics and metrics != self._logged:
+            self._log(trainer, trainer.global_step, metrics)
         lines = [f"  {name}: {int(metrics[f'data/samples/{name}'])} samples trained" for name in self.names]
         report = BadSampleReport()
         report.update(getattr(trainer.datamodule, "bad_samples", BadSampleReport()))

@@ -43,7 +43,8 @@ class SampleEncoder:
             segments = self.template.segments(conversation.messages, self.tokenizer)
         except ValueError as error:
             raise SampleError(source, conversation.sample_id, str(error), "template") from error
-        tokens = tokenize_segments(segments, self.tokenizer, self.tokens_per_image, self.max_length)
+        tokens = tokenize_segments(segments, self.tokenizer, self.tokens_per_image, self.max_length,
+                                   self.template.add_special_tokens)
         if tokens.num_images < len(conversation.images):
             raise SampleError(source, conversation.sample_id,
                               f"does not fit max_length={self.max_length} without cutting image "
@@ -178,7 +179,7 @@ class LlavaDataset(Dataset):
         conversation, tokens = self.encode(index)
         for relative in conversation.images:
             if not self.source.image_exists(relative):
-                raise SampleError(self.source.name, conversation.sample_id, f"image file not found: {relative}",
+                raise SampleError(self.source.name, conversation.sample_id, self.source.missing_image(relative),
                                   "missing_image")
         return len(tokens.input_ids), bool(conversation.images)
 

@@ -10,8 +10,10 @@ from PIL import Image
 from transformers import BaseImageProcessor
 
 from llava_pl.data.fast_image import fast_processing
+from llava_pl.errors import ConfigError, DataError
 
-ImageAspect = Literal["pad", "resize"]
+ImageAspect = Literal["pad", "crop", "resize"]
+IMAGE_ASPECTS: tuple[ImageAspect, ...] = ("pad", "crop", "resize")
 
 
 def input_size(processor: BaseImageProcessor) -> tuple[int, int]:
@@ -20,6 +22,12 @@ def input_size(processor: BaseImageProcessor) -> tuple[int, int]:
     if "height" in size:
         return int(size["height"]), int(size["width"])
     return int(size["shortest_edge"]), int(size["shortest_edge"])
+
+
+def pad_fill(processor: BaseImageProcessor) -> tuple[int, int, int]:
+    """LLaVA-1.5's padding colour, ``tuple(int(x * 255) for x in image_mean)``: truncated, not rounded (CLIP's
+    mean gives (122, 116, 104))."""
+    return tuple(int(channel * 255) for channel in processor.image_mean)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -38,22 +46,26 @@ class ImageTransform:
 
     Args:
         processor: the vision encoder's Hugging Face image processor.
-        aspect: ``pad`` pads to a square with the processor's mean colour before processing;
-            ``resize`` stretches the image to the encoder's input size, whatever its aspect.
+        aspect: ``pad`` pads to a square with ``pad_fill`` before processing (LLaVA-1.5's finetune,
+            ``image_aspect_ratio pad``); ``crop`` leaves the image to the processor alone (LLaVA-1.5's align: for
+            CLIP, short side to the input size, then a centre crop); ``resize`` stretches the image to the
+            encoder's input size, whatever its aspect.
     """
 
     def __init__(self, processor: BaseImageProcessor, aspect: ImageAspect = "pad") -> None:
-        if aspect not in ("pad", "resize"):
-            raise ValueError(f"image aspect must be 'pad' or 'resize', got {aspect!r}")
+        if aspect not in IMAGE_ASPECTS:
+            raise ConfigError(f"image aspect must be one of {', '.join(IMAGE_ASPECTS)}; got {aspect!r}")
         self.processor = processor
         self.aspect = aspect
-        self.mean_colour = tuple(int(round(255 * channel)) for channel in processor.image_mean)
+        self.fill = pad_fill(processor)
         self.fast = fast_processing(processor)  # the processor's own steps, cheaper, where it reproduces them
 
     def _aspect(self, image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
         if self.aspect == "pad":
-            return pad_to_square(image, self.mean_colour)
+            return pad_to_square(image, self.fill)
+        if self.aspect == "crop":
+            return image
         height, width = input_size(self.processor)
         return image.resize((width, height), Image.Resampling.BICUBIC)
 
@@ -68,7 +80,7 @@ class ImageTransform:
         resize and crop); ``None`` for a processor whose steps llava_pl does not reproduce exactly."""
         if self.fast is None:
             return None
-        fill = list(self.mean_colour) if self.aspect == "pad" else None
+        fill = list(self.fill) if self.aspect == "pad" else None
         return {"size": list(input_size(self.processor)), "aspect": self.aspect, "fill": fill,
                 **self.fast.resize_rule()}
 
@@ -93,9 +105,9 @@ class ImageTransform:
         return self.fast.normalise(pixels)
 
     def blank(self) -> torch.Tensor:
-        """An image with no content: the mean colour everywhere (the demo's blind control)."""
+        """An image with no content: the padding colour everywhere (the demo's blind control)."""
         height, width = input_size(self.processor)
-        return self(Image.new("RGB", (width, height), self.mean_colour))
+        return self(Image.new("RGB", (width, height), self.fill))
 
 
 def check_preprocessing(made_for: dict[str, Any], transform: ImageTransform, where: str) -> None:
@@ -108,6 +120,6 @@ def check_preprocessing(made_for: dict[str, Any], transform: ImageTransform, whe
     else:
         differ = [key for key in {**made_for, **wanted} if made_for.get(key) != wanted.get(key)]
         run = f"{wanted} (they differ in {', '.join(differ)})"
-    raise ValueError(f"{where} holds images pre-processed for {made_for}, but this run's image transform wants "
-                     f"{run}: convert the data again for this vision encoder and data.image_aspect, or without "
+    raise DataError(f"{where} holds images pre-processed for {made_for}, but this run's image transform wants "
+                     f"{run}: convert the data again for this vision encoder and the stage's image_aspect, or without "
                      "pre-processing")

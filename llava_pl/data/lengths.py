@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llava_pl.data.dataset import LlavaDataset, ScanResult
+from llava_pl.data.tokenization import TOKENIZATION_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,20 @@ def cache_key(dataset: LlavaDataset) -> str:
     """Changes whenever a sample's tokens could: the data file, the tokenizer, the template, the limits."""
     template = f"{type(dataset.template).__qualname__}:{sorted(vars(dataset.template).items())}"
     parts = [_fingerprint_file(Path(dataset.path)), _fingerprint_tokenizer(dataset.tokenizer), template,
-             str(dataset.tokens_per_image), str(dataset.max_length), str(dataset.image_folder)]
+             str(dataset.tokens_per_image), str(dataset.max_length), str(dataset.image_folder),
+             f"tokenization {TOKENIZATION_VERSION}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
 def _default_signals() -> None:
-    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+    for name in ("SIGTERM", "SIGINT"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+    # SLURM's time-limit signal reaches every process of the job step; the run acts on it, while a worker killed
+    # by it (the default action) would leave pool.map waiting forever for its part
+    for name in ("SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _scan_range(bounds: tuple[int, int]) -> ScanResult:

@@ -23,16 +23,19 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llava_pl.cli import require_keys
 from llava_pl.data.instruct.backend import ChatBackend
 from llava_pl.data.instruct.context import ImageContext, read_contexts, symbolic_context
 from llava_pl.data.instruct.journal import Journal
 from llava_pl.data.instruct.pipeline import Summary, generate
 from llava_pl.data.instruct.prompts import load_prompts
+from llava_pl.errors import reports_user_errors
 from llava_pl.fault.atomic import atomic_path
 from llava_pl.resolvers import register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
+USAGE = "python -m llava_pl.data.make_instruct in=FILE.jsonl out=FILE.json [kinds=[...]] [instruct_backend=local]"
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
@@ -48,6 +51,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
 def make_instruct(cfg: DictConfig, backend: ChatBackend | None = None) -> Summary:
     """Generates what the journal lacks and writes ``cfg.out``; ``backend`` replaces ``cfg.instruct_backend``
     (tests pass a model that is already loaded)."""
+    require_keys(cfg, ["in", "out"], USAGE)
     kinds = list(cfg.kinds)
     prompts = load_prompts(OmegaConf.to_container(cfg.prompts, resolve=True), kinds)
     contexts: list[ImageContext] = read_contexts(cfg["in"])
@@ -70,6 +74,7 @@ def make_instruct(cfg: DictConfig, backend: ChatBackend | None = None) -> Summar
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="make_instruct")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     make_instruct(cfg)
 

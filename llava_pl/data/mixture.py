@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from llava_pl.data.conversation import Conversation
 from llava_pl.data.dataset import LlavaDataset, ScanResult
+from llava_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,15 @@ def source_specs(train: str | Sequence[Any], image_folder: str | None) -> list[S
         entry = dict(entry) if not isinstance(entry, str) else {"path": entry}
         unknown = set(entry) - {"path", "image_folder", "weight", "name", "samples"}
         if unknown or "path" not in entry:
-            raise ValueError(f"data source {position}: expected keys path, image_folder, weight, name, samples; "
+            raise ConfigError(f"data source {position}: expected keys path, image_folder, weight, name, samples; "
                              f"got {sorted(entry)}")
         spec = SourceSpec(str(entry["path"]), entry.get("image_folder", image_folder), float(entry.get("weight", 1.0)),
                           entry.get("name"), entry.get("samples"))
         if spec.weight < 0:
-            raise ValueError(f"data source {position} ({spec.path}): weight must be >= 0, got {spec.weight}")
+            raise ConfigError(f"data source {position} ({spec.path}): weight must be >= 0, got {spec.weight}")
         specs.append(spec)
     if not specs:
-        raise ValueError("no training data source given")
+        raise ConfigError("no training data source given")
     return specs
 
 
@@ -113,6 +114,11 @@ class MixtureDataset(Dataset):
     def conversation(self, index: int) -> Conversation:
         dataset, local = self.locate(index)
         return dataset.conversation(local)
+
+    def check(self, index: int) -> tuple[int, bool]:
+        """``LlavaDataset.check`` of the record: what the length pass refuses raises ``SampleError``."""
+        dataset, local = self.locate(index)
+        return dataset.check(local)
 
     def open_image(self, index: int, conversation: Conversation, position: int) -> Image.Image:
         dataset, local = self.locate(index)

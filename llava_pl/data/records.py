@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from llava_pl.data.conversation import SampleError
+from llava_pl.errors import DataError
 
 MANIFEST = "manifest.json"
 PREPROCESSING_MEMBER = "preprocessing.json"  # in each sample with pre-processed images, for streams without manifest
@@ -75,6 +76,9 @@ class JsonRecords:
         self.preprocessing = None
         if not self.path.is_file():
             raise FileNotFoundError(f"data file not found: {self.path}")
+        if self.image_folder is not None and not self.image_folder.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.image_folder} (the folder the image paths of "
+                                    f"{self.path} are relative to)")
         text = self.path.read_text(encoding="utf-8")
         if self.path.suffix == ".jsonl":
             self.records: list[Any] = []
@@ -88,9 +92,9 @@ class JsonRecords:
             try:
                 self.records = json.loads(text)
             except json.JSONDecodeError as error:  # the whole file is unusable: no sample can be told apart
-                raise ValueError(f"{self.path}: not valid JSON ({error})") from error
+                raise DataError(f"{self.path}: not valid JSON ({error})") from error
             if not isinstance(self.records, list):
-                raise ValueError(f"{self.path}: expected a JSON array of LLaVA records")
+                raise DataError(f"{self.path}: expected a JSON array of LLaVA records")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,6 +114,12 @@ class JsonRecords:
 
     def image_exists(self, relative: str) -> bool:
         return self.image_folder is not None and (self.image_folder / relative).exists()
+
+    def missing_image(self, relative: str) -> str:
+        """Why ``image_exists(relative)`` is false, naming the file and the folder."""
+        if self.image_folder is None:
+            return f"has image {relative!r} but no image folder is configured"
+        return f"image file not found: {relative} in image folder {self.image_folder}"
 
 
 def image_member(position: int, relative: str) -> str:
@@ -146,7 +156,7 @@ class ShardRecords:
             raise FileNotFoundError(f"{manifest_path}: no shard manifest (write the shards with llava_pl.data.to_wds)")
         self.manifest = json.loads(manifest_path.read_text())
         if not self.manifest.get("complete"):
-            raise ValueError(f"{manifest_path}: the conversion did not finish; run llava_pl.data.to_wds again")
+            raise DataError(f"{manifest_path}: the conversion did not finish; run llava_pl.data.to_wds again")
         self.preprocessing = self.manifest.get("preprocessing")
         # numpy arrays rather than a Python object per sample: no reference counts for forked loader workers to
         # touch, so the pages stay shared, and ~30 bytes per sample

@@ -1,7 +1,8 @@
 """Conversation templates: how messages become text segments, and which segments are supervised.
 
 A template never renders a whole conversation and masks it afterwards: it yields the text turn by turn,
-each piece flagged as supervised or not, so labels are right by construction whatever the tokenizer.
+each piece flagged as supervised or not, so labels are right by construction whatever the tokenizer
+(``llava_pl.data.tokenization`` tokenizes the pieces' text as one prompt).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Segment:
 
 
 class Template(Protocol):
+    add_special_tokens: bool
+    """Whether the tokenizer adds its own special tokens (a BOS) to the text, as LLaVA's templates have it;
+    a chat template writes its own."""
+
     def segments(
         self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
     ) -> list[Segment]:
@@ -33,12 +38,8 @@ class Template(Protocol):
         ...
 
     def stop_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
-        """The token that ends an assistant turn (generation stops there)."""
+        """The token that ends an assistant turn, as the vocabulary spells it (generation stops there)."""
         ...
-
-
-def _bos(tokenizer: PreTrainedTokenizerBase) -> str:
-    return tokenizer.bos_token or ""
 
 
 def _end_of_turn(tokenizer: PreTrainedTokenizerBase, end_of_turn: str | None) -> str:
@@ -55,14 +56,18 @@ class _EndOfTurn:
         return _end_of_turn(tokenizer, self.end_of_turn)
 
 
-class PlainTemplate(_EndOfTurn):
-    """The align stage's template: the image, then the caption; the user's instruction is dropped.
-
-    Only the caption and its end-of-turn token are supervised (LLaVA's ``plain`` conversation).
+class PlainTemplate:
+    """The align stage's template (LLaVA's ``plain``): the tokenizer's BOS, the image, the caption and ``end``;
+    the user's instruction is dropped. Only the caption and ``end`` are supervised, and generation stops at
+    ``end``, which must be one token after text.
     """
 
-    def __init__(self, end_of_turn: str | None = None) -> None:
-        self.end_of_turn = end_of_turn
+    add_special_tokens = True
+
+    def __init__(self, end: str = "\n") -> None:
+        if not end:
+            raise ValueError("the plain template's end must not be empty: generation stops on it")
+        self.end = end
 
     def segments(
         self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
@@ -72,14 +77,30 @@ class PlainTemplate(_EndOfTurn):
         if len(dialogue) != expected_turns:
             raise ValueError(f"the plain template takes one caption pair, got {len(dialogue)} turns")
         images = IMAGE_PLACEHOLDER * dialogue[0].content.count(IMAGE_PLACEHOLDER)
-        segments = [Segment(_bos(tokenizer) + images, False)]
+        segments = [Segment(images, False)]
         if not add_generation_prompt:
-            segments.append(Segment(dialogue[1].content + self.stop_token(tokenizer), True))
+            segments.append(Segment(dialogue[1].content + self.end, True))
         return segments
+
+    def stop_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        before = tokenizer("a", add_special_tokens=False)["input_ids"]
+        after = tokenizer("a" + self.end, add_special_tokens=False)["input_ids"]
+        if len(after) != len(before) + 1 or after[: len(before)] != before:
+            raise ValueError(
+                f"the plain template's end {self.end!r} is not one token after text for this tokenizer "
+                f"({tokenizer.convert_ids_to_tokens(after[len(before):])}), so generation could not stop on it: "
+                "give PlainTemplate another end"
+            )
+        return tokenizer.convert_ids_to_tokens(after[-1])
 
 
 class VicunaTemplate(_EndOfTurn):
-    """LLaVA-1.5's ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``."""
+    """LLaVA-1.5's ``vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...`` after the tokenizer's BOS.
+
+    Each answer is supervised from the space after ``ASSISTANT:`` through the end-of-turn token.
+    """
+
+    add_special_tokens = True
 
     DEFAULT_SYSTEM = (
         "A chat between a curious user and an artificial intelligence assistant. "
@@ -96,7 +117,7 @@ class VicunaTemplate(_EndOfTurn):
         system = next((m.content for m in messages if m.role == "system"), self.system)
         end = self.stop_token(tokenizer)
         segments: list[Segment] = []
-        prefix = _bos(tokenizer) + system + " "
+        prefix = system + " "
         for message in messages:
             if message.role == "user":
                 segments.append(Segment(f"{prefix}USER: {message.content} ASSISTANT:", False))
@@ -123,6 +144,8 @@ class ChatTemplate(_EndOfTurn):
     Args:
         end_of_turn: the token that closes an assistant turn; default the tokenizer's eos token.
     """
+
+    add_special_tokens = False  # the template writes the BOS where the model wants one
 
     def __init__(self, end_of_turn: str | None = None) -> None:
         self.end_of_turn = end_of_turn

@@ -11,12 +11,13 @@ left out; ``<shard>.idx.json`` gives each member's byte span, so shards can also
 Shard ``k`` always holds records ``k·shard_size`` to ``(k+1)·shard_size - 1``: an interrupted conversion run
 again with the same arguments keeps the finished shards and writes only the rest.
 
-``vision=PRESET`` (a name in ``conf/model/vision``, with ``image_aspect=pad|resize`` as ``data.image_aspect`` and
-any ``model.vision.*`` overrides) stores each image pre-processed for that encoder instead: ``img0.npy``, the
-``(H, W, 3)`` uint8 pixels the run's image transform would compute before rescaling and normalising (padded to a
-square with the processor's mean colour, resized and cropped as its processor does), so that training only
-normalises them. The manifest's ``preprocessing`` and each such sample's ``preprocessing.json`` say what was done;
-a run whose image transform differs stops with an error.
+``vision=PRESET`` (a name in ``conf/model/vision``, plus any ``model.vision.*`` overrides) stores each image
+pre-processed for that encoder instead: ``img0.npy``, the ``(H, W, 3)`` uint8 pixels the run's image transform
+would compute before rescaling and normalising (with ``pad`` padded to a square in LLaVA's fill colour, then
+resized and cropped as its processor does), so that training only normalises them. ``image_aspect=pad|crop|resize``
+(default ``pad``) is the image aspect of the stage that will read the shards (LLaVA-1.5: ``crop`` for align,
+``pad`` for finetune). The manifest's ``preprocessing`` and each such sample's ``preprocessing.json`` say what was
+done; a run whose image transform differs stops with an error.
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from llava_pl.cli import answer_help, boolean, choice, main_argv, parse_key_values
 from llava_pl.data.bad_samples import REASONS, OnBadSample, check_policy
 from llava_pl.data.conversation import SampleError, parse_record
 from llava_pl.data.images import ImageAspect, ImageTransform
 from llava_pl.data.records import (MANIFEST, PREPROCESSING_MEMBER, JsonRecords, decode_image_bytes, image_member,
                                    pixels_member)
+from llava_pl.errors import ConfigError, DataError, UsageError, reports_user_errors
 
 USAGE = ("python -m llava_pl.data.to_wds in=FILE.json images=DIR out=DIR [shard_size=1000] [on_bad_sample=skip|error]"
-         " [vision=PRESET [image_aspect=pad|resize] [model.vision.KEY=VALUE ...]]")
-OPTIONS = {"in", "images", "out", "shard_size", "on_bad_sample", "progress", "vision", "image_aspect"}
+         " [vision=PRESET [image_aspect=pad|crop|resize] [model.vision.KEY=VALUE ...]]")
 
 
 def file_sha256(path: Path) -> str:
@@ -158,11 +160,11 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
     ``transform`` (``vision_transform``, or the run's own) the images are stored pre-processed for it."""
     policy = check_policy(on_bad_sample)
     if shard_size < 1:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
+        raise ConfigError(f"shard_size must be positive, got {shard_size}")
     try:
         preprocessing = transform.require_exact() if transform is not None else None
     except ValueError as error:
-        raise ValueError(f"{error}; convert without vision=") from None
+        raise ConfigError(f"{error}; convert without vision=") from None
     input_path, out_dir = Path(input_file), Path(out)
     source = JsonRecords(input_path, images)
     folder = Path(images) if images is not None else None
@@ -175,7 +177,7 @@ def convert(input_file: str | os.PathLike, images: str | os.PathLike | None, out
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else fresh
     same = (manifest["source_sha256"], manifest["shard_size"], manifest.get("preprocessing"))
     if same != (digest, shard_size, preprocessing):
-        raise ValueError(f"{out_dir} holds shards of another conversion (source {manifest['source']}, "
+        raise DataError(f"{out_dir} holds shards of another conversion (source {manifest['source']}, "
                          f"shard_size {manifest['shard_size']}, preprocessing {manifest.get('preprocessing')}); "
                          "choose an empty folder")
     done = {shard["name"] for shard in manifest["shards"]}
@@ -218,8 +220,8 @@ def report(manifest: dict[str, Any]) -> str:
 
 
 def vision_transform(preset: str, image_aspect: ImageAspect = "pad", overrides: Sequence[str] = ()) -> ImageTransform:
-    """The image transform of a run with ``model/vision=preset`` (and ``model.vision.*`` ``overrides``) and
-    ``data.image_aspect``. The tower is built on the meta device and the image processor from the preset's own
+    """The image transform of a run with ``model/vision=preset`` (and ``model.vision.*`` ``overrides``) in a
+    stage with ``image_aspect``. The tower is built on the meta device and the image processor from the preset's own
     values or the config the package carries for it: nothing is downloaded for the presets llava_pl carries."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
@@ -233,43 +235,37 @@ def vision_transform(preset: str, image_aspect: ImageAspect = "pad", overrides: 
             cfg = compose(f"model/vision/{preset}", overrides=list(overrides))
     except MissingConfigException as error:
         names = sorted(path.stem for path in (CONF_DIR / "model" / "vision").glob("*.yaml"))
-        raise ValueError(f"no vision preset {preset!r}; conf/model/vision has {', '.join(names)}") from error
+        raise ConfigError(f"no vision preset {preset!r}; conf/model/vision has {', '.join(names)}") from error
     with architecture_only():
         encoder = instantiate(cfg.model.vision)
     return ImageTransform(encoder.image_processor, image_aspect)
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """``(options, model.vision.* overrides)``."""
-    args, overrides = {}, []
-    for argument in argv:
-        key, sep, value = argument.partition("=")
-        if sep and key.startswith("model.vision."):
-            overrides.append(argument)
-        elif not sep or key not in OPTIONS:
-            raise SystemExit(f"unexpected argument {argument!r}\nusage: {USAGE}")
-        else:
-            args[key] = value
-    missing = {"in", "out"} - set(args)
-    if missing:
-        raise SystemExit(f"missing {', '.join(sorted(missing))}=\nusage: {USAGE}")
+KEYS = {"in": str, "images": str, "out": str, "shard_size": int, "on_bad_sample": choice("skip", "error"),
+        "progress": boolean, "vision": str, "image_aspect": choice("pad", "crop", "resize")}
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``(options, model.vision.* overrides)``; ``UsageError`` for anything else."""
+    answer_help(argv, __doc__ + f"\nusage: {USAGE}")
+    args, overrides = parse_key_values(argv, KEYS, USAGE, required=("in", "out"),
+                                       passthrough=lambda key: key.startswith("model.vision."))
     if "vision" not in args and ({"image_aspect"} & set(args) or overrides):
-        raise SystemExit(f"image_aspect= and model.vision.* need vision=\nusage: {USAGE}")
+        raise UsageError(f"image_aspect= and model.vision.* need vision=\nusage: {USAGE}")
     return args, overrides
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        transform = vision_transform(args["vision"], args.get("image_aspect", "pad"), overrides) \
-            if "vision" in args else None
-        manifest = convert(args["in"], args.get("images"), args["out"], int(args.get("shard_size", 1000)),
-                           args.get("on_bad_sample", "skip"), args.get("progress", "true").lower() != "false",
-                           transform)
-    except (SampleError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    args, overrides = parse_args(main_argv(argv))
+    transform = vision_transform(args["vision"], args.get("image_aspect", "pad"), overrides) \
+        if "vision" in args else None
+    manifest = convert(args["in"], args.get("images"), args["out"], args.get("shard_size", 1000),
+                       args.get("on_bad_sample", "skip"), args.get("progress", True), transform)
     print(report(manifest))
+    if not manifest["samples"]:
+        raise DataError(f"no record of {args['in']} converted ({manifest['records']} records): "
+                        + ("check images= and the bad samples above" if manifest["records"] else "the file is empty"))
     return 0
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from torch import nn
 
+from llava_pl.distributed.partition_on_load import partition_on_load
+from llava_pl.model.pretrained_weights import PretrainedWeights
 from llava_pl.stage import StageConfig
 
 
@@ -70,12 +74,29 @@ class LlavaDeepSpeedStrategy(DeepSpeedStrategy):
 
     Args:
         zero_optimization: DeepSpeed's ``zero_optimization`` section (``stage`` 2 or 3, offloading, buckets).
+        build_sharded: under ZeRO-3, build the pretrained backbones empty and partition them module by module as
+            their weights are read (``fill_pretrained``), so no process holds the whole model; ``False``, and
+            under ZeRO-2: every process loads the whole model.
         kwargs: ``DeepSpeedStrategy``'s own (``load_full_weights``, ``exclude_frozen_parameters``, ...).
     """
 
-    def __init__(self, zero_optimization: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(self, zero_optimization: Mapping[str, Any], build_sharded: bool = True, **kwargs: Any) -> None:
         self.zero_optimization = dict(zero_optimization)
+        self.build_sharded = build_sharded and self.zero_optimization.get("stage") == 3
         super().__init__(config={"zero_optimization": dict(self.zero_optimization)}, **kwargs)
+
+    def fill_pretrained(self, model: nn.Module, weights: PretrainedWeights) -> None:
+        """ZeRO-3 partition on load (``llava_pl.distributed.partition_on_load``), from ``configure_model``: rank 0
+        reads the pretrained parameters, which ``deepspeed.zero.Init(module=...)`` broadcasts and partitions.
+        What the checkpoints leave out is initialised from a forked random generator."""
+        import deepspeed
+
+        def partition(module: nn.Module) -> None:
+            deepspeed.zero.Init(module=module, config_dict_or_path=self.config, remote_device=self.remote_device,
+                                mem_efficient_linear=False)
+
+        with torch.random.fork_rng(devices=[self.root_device] if self.root_device.type == "cuda" else []):
+            partition_on_load(model, weights, self.root_device, partition, reads_parameters=self.global_rank == 0)
 
     def _format_config(self) -> None:
         module = self.lightning_module

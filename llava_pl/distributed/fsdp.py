@@ -6,6 +6,8 @@ does it there (``LlavaModule.configure_model`` calls ``shard``), so the strategy
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from llava_pl.distributed.consolidate import is_distcp_checkpoint, load_checkpoint, refuse_deepspeed_resume
+from llava_pl.model.build import materialize
+from llava_pl.model.pretrained_weights import PretrainedWeights
 
 ParamDtype = Literal["auto", "float32", "bfloat16", "float16"] | None
 
@@ -31,6 +35,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         reduce_dtype: the dtype gradients are reduced in (``null``: ``param_dtype``).
         activation_checkpointing: recompute each block's activations in the backward instead of keeping them.
         cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory.
+        build_sharded: build the pretrained backbones empty and read each process's shards of their weights
+            after sharding (``fill_pretrained``), so no process holds the whole model; ``False``: every process
+            loads the whole model, then shards it.
         kwargs: ``ModelParallelStrategy``'s own (``save_distributed_checkpoint``, ``process_group_backend``, ...).
     """
 
@@ -41,6 +48,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         reduce_dtype: ParamDtype = "float32",
         activation_checkpointing: bool = False,
         cpu_offload: bool = False,
+        build_sharded: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,6 +57,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reduce_dtype = reduce_dtype
         self.activation_checkpointing = activation_checkpointing
         self.cpu_offload = cpu_offload
+        self.build_sharded = build_sharded
 
     def setup_environment(self) -> None:
         # ModelParallelStrategy's "auto" mesh is nodes x GPUs-per-node for tensor parallelism; here every
@@ -68,7 +77,14 @@ class FSDP2Strategy(ModelParallelStrategy):
         (embeddings, projector, norms, head). Called once, from ``configure_model``; a model already sharded
         (a second ``fit`` on the same module) is left as it is."""
         from torch.distributed._composable import checkpoint
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            FSDPModule,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
 
         if isinstance(model, FSDPModule):
             return
@@ -86,6 +102,17 @@ class FSDP2Strategy(ModelParallelStrategy):
                 checkpoint(block)
             fully_shard(block, **options)
         fully_shard(model, **options)
+        if hasattr(model, "generate"):  # evaluation calls generate, not forward: FSDP must gather around it too
+            register_fsdp_forward_method(model, "generate")
+
+    def fill_pretrained(self, model: nn.Module, weights: PretrainedWeights) -> None:
+        """After ``shard``: allocates this process's shards of the model's empty parts and reads their pretrained
+        weights, of each tensor only the rows its shard holds. What the checkpoints leave out is initialised
+        from a forked random generator, so training draws the same random numbers as after a whole build."""
+        device = torch.device("cpu") if self.cpu_offload else self.root_device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            materialize(model, device)
+        weights.fill()
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
         """A sharded folder loads as Lightning does (resharded to this world size); a single-file checkpoint
@@ -111,3 +138,18 @@ class FSDP2Strategy(ModelParallelStrategy):
             }
             set_optimizer_state_dict(self.model, optimizer, named, options=options)
         return checkpoint
+
+
+@contextmanager
+def resharded_afterwards(model: nn.Module) -> Iterator[None]:
+    """Frees the parameters FSDP2 keeps gathered after inference: the root unit's (FSDP keeps them until the
+    backward, which inference never runs) and, with ``reshard_after_forward=False``, every block's. A model that
+    is not sharded is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()

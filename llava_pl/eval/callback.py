@@ -1,5 +1,5 @@
 """Evaluation during training: every ``eval.every_n_steps`` optimizer steps, the tasks of ``eval.tasks`` run on
-``eval.limit`` questions each, and their metrics are logged as ``eval/<task>/<metric>``."""
+``eval.limit`` questions each, split over every rank, and their metrics are logged as ``eval/<task>/<metric>``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from transformers import PreTrainedTokenizerBase
 
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
+from llava_pl.distributed.fsdp import resharded_afterwards
+from llava_pl.distributed.sharding import shards_parameters
+from llava_pl.eval.processes import Processes
 from llava_pl.eval.runner import Runner, flat_metrics
 from llava_pl.eval.task import Task
 from llava_pl.eval.task_config import instantiate_tasks, load_task_configs
@@ -22,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class EvalDuringTraining(Callback):
-    """Runs the tasks on rank 0 with the model being trained (other ranks wait), then logs the metrics.
+    """Runs the tasks with the model being trained on every rank, each answering its share of the questions
+    (in lockstep under a sharded strategy, whose forward passes need every rank); rank 0 scores and logs.
 
     Predictions of step ``s`` go to ``<out_dir>/step_<s>/<task>/``.
     """
@@ -57,24 +61,28 @@ class EvalDuringTraining(Callback):
         if step == self._last_step or step % self.every_n_steps:
             return  # mid-accumulation (the step has not advanced) or not an evaluation step
         self._last_step = step
+        metrics = self.evaluate(trainer, pl_module, step)
         if trainer.is_global_zero:
-            metrics = self.evaluate(trainer, pl_module, step)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
-        trainer.strategy.barrier()
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
+        """Every rank must call this; every rank returns the metrics rank 0 scored."""
         runner = Runner(pl_module.model, self.tokenizer, self.template, self.image_transform,
                         batch_size=self.batch_size, model_id=f"step_{step}",
                         autocast=trainer.precision_plugin.forward_context)
+        processes = Processes.current(lockstep=shards_parameters(trainer.strategy))
         metrics: dict[str, float] = {}
         try:
-            for name, task in self.tasks.items():
-                result = runner.run(name, task, self.out_dir / f"step_{step}", limit=self.limit)
-                metrics |= flat_metrics(f"eval/{name}", result.metrics)
+            with resharded_afterwards(pl_module.model):
+                for name, task in self.tasks.items():
+                    result = runner.run(name, task, self.out_dir / f"step_{step}", limit=self.limit,
+                                        processes=processes)
+                    metrics |= flat_metrics(f"eval/{name}", result.metrics)
         finally:
             pl_module.train()  # the module's own train(): frozen parts stay in eval mode
-        log.info(f"step {step}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+        if processes.is_main:
+            log.info(f"step {step}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
         return metrics
 
 
@@ -90,5 +98,8 @@ def eval_callbacks(
     if not settings.get("tasks") or not settings.get("every_n_steps"):
         return []
     tasks = instantiate_tasks(load_task_configs(list(settings.tasks), cfg))
+    if settings.get("max_new_tokens"):  # one budget for every task instead of each task's own
+        for task in tasks.values():
+            task.max_new_tokens = int(settings.max_new_tokens)
     return [EvalDuringTraining(tasks, int(settings.every_n_steps), out_dir, tokenizer, template, image_transform,
                                limit=settings.get("limit"), batch_size=int(settings.get("batch_size", 16)))]

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
 from llava_pl.eval.predictions import PREDICTIONS_FILE
+from llava_pl.eval.processes import Processes
 from llava_pl.eval.runner import Runner
 from llava_pl.eval.tasks.color_naming import ColorNamingTask
 from llava_pl.eval.tasks.shapes import BLANK_SUFFIX
@@ -44,7 +45,8 @@ class ColorNamingEvaluation:
 
     Writes ``<output_name>`` (the table, one row per probe) and ``color_naming_predictions.jsonl`` (per image
     and probe: the answer with the image and with the blank image) to the run folder, beside the runner's
-    ``color_naming/<probe>/`` folders.
+    ``color_naming/<probe>/`` folders. Over several ``processes`` every rank answers its share and returns the
+    table; rank 0 writes the files.
 
     Args:
         meta: the demo's ``meta_test.json``.
@@ -81,21 +83,25 @@ class ColorNamingEvaluation:
         template: Template,
         image_transform: ImageTransform,
         run_dir: str | Path,
+        processes: Processes | None = None,
     ) -> dict[str, dict]:
         run_dir = Path(run_dir)
+        processes = processes or Processes()
         results: dict[str, dict] = {}
         rows: list[dict] = []
         for name, probe in self.probes.items():
             out_dir = run_dir / "color_naming"
-            # answers of an earlier evaluation in this folder may come from other weights: start afresh
-            (out_dir / name / PREDICTIONS_FILE).unlink(missing_ok=True)
+            if processes.is_main:  # answers of an earlier evaluation in this folder may come from other weights
+                (out_dir / name / PREDICTIONS_FILE).unlink(missing_ok=True)
             runner = Runner(model, tokenizer, probe.template or template, image_transform, batch_size=self.batch_size)
-            result = runner.run(name, self.tasks[name], out_dir, limit=self.limit)
+            result = runner.run(name, self.tasks[name], out_dir, limit=self.limit, processes=processes)
             results[name] = {key: int(value) if key == "n" else value for key, value in result.metrics.items()}
             rows += [{"probe": name, "image": sample.image, "prompt": sample.prompt, "colors": list(sample.target),
                       "prediction": result.answers.get(sample.key, ""),
                       "blank_prediction": result.answers.get(sample.key + BLANK_SUFFIX, "")}
                      for sample in result.samples if not sample.meta.get("blank")]
+        if not processes.is_main:
+            return results
         (run_dir / self.output_name).write_text(json.dumps(results, indent=2) + "\n")
         with (run_dir / "color_naming_predictions.jsonl").open("w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)

@@ -4,8 +4,9 @@ evaluation during training.
 
 A run writes, per task, ``<out_dir>/<task>/predictions.jsonl`` (grown batch by batch, so an interrupted run
 resumes where it stopped when pointed at the same folder) and ``<out_dir>/<task>/metrics.json``. Over
-several processes each rank answers every ``world_size``-th unanswered question into its own
-``predictions.rank<r>.jsonl``, which rank 0 folds into the main file before scoring.
+several processes (``llava_pl.eval.processes``) each rank answers every ``world_size``-th unanswered question,
+appending to its own ``predictions.rank<r>.jsonl`` (what an interrupted run resumes from); the answers are then
+gathered on rank 0, which writes the main file and scores it, and every rank returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -33,24 +34,12 @@ from llava_pl.eval.predictions import (
     rank_file,
     read_answer_file,
 )
+from llava_pl.eval.processes import Processes, interleave, split
 from llava_pl.eval.task import Metrics, Sample, Task
 from llava_pl.generate import Answerer
 from llava_pl.model.llava import LlavaModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Processes:
-    """Where this process stands in a data-parallel run; one process by default."""
-
-    rank: int = 0
-    world_size: int = 1
-    barrier: Callable[[], None] = field(default=lambda: None)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -91,16 +80,28 @@ class Runner:
         self.autocast = autocast
         self.sampling = sampling
 
-    def answer(self, task: Task, samples: Sequence[Sample], log_file: PredictionLog) -> None:
-        """Answers ``samples`` batch by batch, appending each batch to ``log_file`` as soon as it is done."""
+    def answer(
+        self, task: Task, samples: Sequence[Sample], log_file: PredictionLog, real: int | None = None,
+        synced: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Answers ``samples`` batch by batch, appending each batch's rows to ``log_file`` as soon as it is done,
+        and returns the rows. Only the first ``real`` samples (all by default) count: the rest are fillers
+        that keep sharded ranks in step, their answers dropped. ``synced``: every ``generate`` call runs until
+        every rank's answers are done."""
+        real = len(samples) if real is None else real
         answerer = Answerer(self.model, self.tokenizer, self.template, task.max_new_tokens, self.batch_size,
-                            **self.sampling)
+                            synced=synced, **self.sampling)
+        rows: list[dict[str, Any]] = []
         for start in range(0, len(samples), self.batch_size):
             batch = samples[start : start + self.batch_size]
             images = [task.image(sample, self.image_transform) for sample in batch]
             with self.autocast():
                 texts = answerer([sample.prompt for sample in batch], images)
-            log_file.append(prediction_row(sample, text, self.model_id) for sample, text in zip(batch, texts))
+            kept = [prediction_row(sample, text, self.model_id)
+                    for sample, text in zip(batch[: max(real - start, 0)], texts)]
+            log_file.append(kept)
+            rows += kept
+        return rows
 
     def run(
         self,
@@ -109,28 +110,41 @@ class Runner:
         out_dir: str | os.PathLike,
         limit: int | None = None,
         processes: Processes | None = None,
-    ) -> TaskResult | None:
-        """Answers what ``out_dir/<name>/predictions.jsonl`` lacks, then scores; the result on rank 0 only."""
+    ) -> TaskResult:
+        """Answers what ``out_dir/<name>/predictions.jsonl`` lacks (split over ``processes``), then scores on
+        rank 0; every rank returns rank 0's result. Every rank must call it, with the same task and limit."""
         processes = processes or Processes()
         task_dir = Path(out_dir) / name
         main_file = task_dir / PREDICTIONS_FILE
         samples = task.subset(task.samples(), limit)
-        if processes.is_main:  # an interrupted run may have left rank files and an unfinished line
-            task_dir.mkdir(parents=True, exist_ok=True)
-            PredictionLog(main_file).repair()
-            merge_rank_files(main_file, samples)
-        processes.barrier()
+        pending_keys = self._pending(name, task, samples, main_file) if processes.is_main else None
+        pending_keys = set(processes.broadcast(pending_keys))  # rank 0's view of the folder decides for all
+        share = split([sample for sample in samples if sample.key in pending_keys], processes.rank,
+                      processes.world_size, processes.lockstep)
+        own_file = rank_file(main_file, processes.rank) if processes.world_size > 1 else main_file
+        rows = self.answer(task, share.items, PredictionLog(own_file), share.real, synced=processes.synced)
+        pieces = processes.gather(rows)
+        scored = None
+        if processes.is_main:
+            if processes.world_size > 1:
+                PredictionLog(main_file).append(interleave(pieces))
+            merge_rank_files(main_file, samples)  # task order; rank files left by an interruption folded in
+            result = score_and_write(name, task, samples, main_file, task_dir)
+            scored = (result.metrics, result.answers)
+        metrics, answers = processes.broadcast(scored)
+        if processes.world_size > 1:
+            own_file.unlink(missing_ok=True)  # its rows are in the main file now
+        return TaskResult(metrics, main_file, answers, samples)
+
+    def _pending(self, name: str, task: Task, samples: Sequence[Sample], main_file: Path) -> list[str]:
+        """The keys of ``samples`` that the predictions file does not answer yet."""
+        main_file.parent.mkdir(parents=True, exist_ok=True)
+        PredictionLog(main_file).repair()  # an interrupted run may have left rank files and an unfinished line
+        merge_rank_files(main_file, samples)
         done = answers_by_key(task, samples, PredictionLog(main_file).rows(), str(main_file), ignore_unknown=True)
-        pending = [sample for sample in samples if sample.key not in done]
         if done:
             log.info(f"{name}: {len(done)} of {len(samples)} questions already answered in {main_file}")
-        self.answer(task, pending[processes.rank :: processes.world_size],
-                    PredictionLog(rank_file(main_file, processes.rank) if processes.world_size > 1 else main_file))
-        processes.barrier()
-        if not processes.is_main:
-            return None
-        merge_rank_files(main_file, samples)
-        return score_and_write(name, task, samples, main_file, task_dir)
+        return [sample.key for sample in samples if sample.key not in done]
 
 
 def score_and_write(name: str, task: Task, samples: Sequence[Sample], predictions: Path, out_dir: Path) -> TaskResult:

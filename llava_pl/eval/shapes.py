@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from llava_pl.data.images import ImageTransform
 from llava_pl.data.templates import Template
 from llava_pl.eval.predictions import PREDICTIONS_FILE
+from llava_pl.eval.processes import Processes
 from llava_pl.eval.runner import Runner
 from llava_pl.eval.task import Metrics, read_json_records
 from llava_pl.eval.tasks.shapes import BLANK_SUFFIX, ShapesTask
@@ -47,7 +48,8 @@ class ShapesEvaluation:
     """Answers the held-out shapes questions twice — with each image and with a blank one — and scores both.
 
     Writes ``shapes_eval.json`` (the table) and ``shapes_predictions.jsonl`` (each question with its
-    ``prediction`` and ``blank_prediction``) to the run folder, beside the runner's ``shapes/`` folder.
+    ``prediction`` and ``blank_prediction``) to the run folder, beside the runner's ``shapes/`` folder. Over
+    several ``processes`` every rank answers its share and returns the table; rank 0 writes the files.
 
     Args:
         questions: JSON Lines with ``question_id``, ``image``, ``text``, ``answer`` and ``type``.
@@ -76,13 +78,17 @@ class ShapesEvaluation:
         template: Template,
         image_transform: ImageTransform,
         run_dir: str | Path,
+        processes: Processes | None = None,
     ) -> dict[str, dict]:
         run_dir = Path(run_dir)
-        # answers of an earlier evaluation in this folder may come from other weights: start afresh
-        (run_dir / TASK_NAME / PREDICTIONS_FILE).unlink(missing_ok=True)
+        processes = processes or Processes()
+        if processes.is_main:  # answers of an earlier evaluation in this folder may come from other weights
+            (run_dir / TASK_NAME / PREDICTIONS_FILE).unlink(missing_ok=True)
         runner = Runner(model, tokenizer, template, image_transform, batch_size=self.batch_size)
-        result = runner.run(TASK_NAME, self.task, run_dir, limit=self.limit)
+        result = runner.run(TASK_NAME, self.task, run_dir, limit=self.limit, processes=processes)
         results = per_type(result.metrics)
+        if not processes.is_main:
+            return results
         (run_dir / self.output_name).write_text(json.dumps(results, indent=2) + "\n")
         with (run_dir / "shapes_predictions.jsonl").open("w") as file:
             for record in read_json_records(self.task.questions)[: self.limit]:

@@ -20,12 +20,14 @@ class FaultConfig:
         on_nonfinite: ``stop`` raises at the first non-finite loss or gradient norm (before the weights
             change); ``skip_step`` drops that optimizer step and trains on. Both log the batch's sample ids.
         stop_signals: signals that ask for a graceful stop: checkpoint at the next optimizer-step boundary,
-            then exit with ``requeue_exit_code``.
+            then exit with ``requeue_exit_code`` (or, for a signal a launcher handles too, as its handler says:
+            submitit's requeues the job). SIGUSR1 is what ``scripts/slurm/train.sbatch`` asks SLURM to send
+            before the time limit, SIGUSR2 what submitit asks for (``hydra/launcher=slurm``).
         requeue_exit_code: the exit status of a gracefully stopped run (75, ``EX_TEMPFAIL``: try again).
     """
 
     on_nonfinite: NonFinitePolicy = "stop"
-    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")
     requeue_exit_code: int = 75
 
     def __post_init__(self) -> None:

@@ -1,5 +1,9 @@
-"""Graceful stop on SIGTERM/SIGUSR1 (what SLURM sends before preemption): checkpoint at the next optimizer-step
-boundary, then exit with a status that tells the launcher to requeue.
+"""Graceful stop on ``faults.stop_signals`` (SIGTERM; SIGUSR1, what ``scripts/slurm/train.sbatch`` asks SLURM
+for before the time limit; SIGUSR2, what submitit's jobs get, ``hydra/launcher=slurm``): checkpoint at the next
+optimizer-step boundary, then exit with a status that tells the launcher to requeue.
+
+A launcher that handles the signal itself (submitit: its handler checkpoints the job's call and requeues it) gets
+the signal once the checkpoint is saved: its handler runs then, instead of mid-step.
 
 Lightning's own SIGTERM handling stops after the current micro-batch (possibly mid-accumulation, so the
 accumulated gradients would be lost), saves nothing and exits with status 0; its SLURM handler saves from
@@ -11,6 +15,7 @@ losses as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -37,14 +42,33 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.received: list[signal.Signals] = []  # in order of arrival, each once
         self.exit_code = FaultConfig.requeue_exit_code
+        self.launcher_handlers: dict[signal.Signals, Any] = {}  # the process's handlers before the run
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def handle(self, signum: int, frame: FrameType | None = None) -> None:
-        self.signal_name = signal.Signals(signum).name  # only a flag: the training loop acts on it
+        received = signal.Signals(signum)
+        self.signal_name = received.name  # only a flag: the training loop acts on it
+        if received not in self.received:
+            self.received.append(received)
+
+    def reset(self, exit_code: int) -> None:
+        self.signal_name = None
+        self.received = []
+        self.exit_code = exit_code
+
+    def hand_over(self) -> None:
+        """Runs, after the checkpoint, the handler the process had for each signal received (submitit's requeues
+        the job and exits; a launcher's handler that returns leaves the exit to ``TrainingPreempted``)."""
+        for received in self.received:
+            handler = self.launcher_handlers.get(received)
+            if callable(handler) and handler is not self.handle:
+                log.info(f"checkpoint saved; handing {received.name} to the launcher's handler {handler!r}")
+                handler(int(received), None)
 
     def install(self, signals: tuple[signal.Signals, ...]) -> dict[signal.Signals, Any]:
         """Makes ``handle`` the handler of ``signals``; returns the handlers it replaced. Only the main thread
@@ -71,18 +95,42 @@ def stop_signals(faults: FaultConfig) -> Iterator[StopRequest]:
     """Handles ``faults.stop_signals`` for the duration of the block (restoring the previous handlers after).
 
     A stop that Lightning's own SIGTERM handling turned into ``SIGTERMException`` (a signal in the short
-    window before the first batch) leaves with the requeue status too.
+    window before the first batch) leaves with the requeue status too. On a stop, the handlers the process had
+    before (a launcher's) run for the signals received, once everything is saved (``StopRequest.hand_over``).
     """
-    STOP_REQUEST.signal_name = None
-    STOP_REQUEST.exit_code = faults.requeue_exit_code
+    STOP_REQUEST.reset(faults.requeue_exit_code)
+    warn_if_launcher_signal_missing(faults.signals)
     previous = STOP_REQUEST.install(faults.signals)
+    STOP_REQUEST.launcher_handlers = previous
     try:
-        yield STOP_REQUEST
-    except SIGTERMException as error:
-        raise STOP_REQUEST.preempted("before the first step boundary") from error
+        try:
+            yield STOP_REQUEST
+        except SIGTERMException as error:
+            raise STOP_REQUEST.preempted("before the first step boundary") from error
+    except TrainingPreempted:
+        STOP_REQUEST.hand_over()
+        raise
     finally:
+        STOP_REQUEST.launcher_handlers = {}
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def submitit_signal() -> signal.Signals | None:
+    """Inside a submitit job (``hydra/launcher=slurm`` or ``submitit_local``): the signal submitit asks for
+    ``signal_delay_s`` before the time limit and handles itself (``SUBMITIT_PREEMPT_SIGNAL``, default USR2)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return signal.Signals[name] if name in signal.Signals.__members__ else None
+
+
+def warn_if_launcher_signal_missing(signals: tuple[signal.Signals, ...]) -> None:
+    launcher = submitit_signal()
+    if launcher is not None and launcher not in signals:
+        log.warning(f"submitit sends {launcher.name} before the time limit, but faults.stop_signals is "
+                    f"{[s.name for s in signals]}: submitit will requeue from the last periodic checkpoint instead "
+                    f"of one saved at the signal; add {launcher.name} to faults.stop_signals")
 
 
 class GracefulStop(Callback):

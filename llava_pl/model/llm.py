@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llava_pl.model.architecture import config_source, is_architecture_only, resolve_dtype
+from llava_pl.model.pretrained_weights import deferred_part, pretrained_dtype
 
 
 def load_tokenizer(name_or_path: str, pad_token: str | None = None, **kwargs: Any) -> PreTrainedTokenizerBase:
@@ -46,7 +48,8 @@ def causal_lm_from_pretrained(
     """Loads pretrained causal-LM weights (a hub name or a local folder).
 
     Inside ``architecture_only()`` the model is built empty, on the meta device, from its config alone; the
-    tokenizer may then be None (the vocabulary check needs it).
+    tokenizer may then be None (the vocabulary check needs it). Inside ``deferred_weights()`` it is built empty
+    too, its weights read later, each process only its shard's (``llava_pl.model.pretrained_weights``).
 
     Args:
         gguf_file: a GGUF file in ``name_or_path`` to read the config and weights from (quantized weights are
@@ -61,12 +64,27 @@ def causal_lm_from_pretrained(
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, config))
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, **gguf, **kwargs
-        )
+        model = deferred_part(name_or_path, lambda files: _empty_causal_lm(name_or_path, dtype, attn_implementation,
+                                                                           files), {**gguf, **kwargs})
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, attn_implementation=attn_implementation, **gguf, **kwargs
+            )
     if tokenizer is not None:
         _check_vocabulary(model, tokenizer)
     return model
+
+
+def _empty_causal_lm(
+    name_or_path: str, dtype: str | torch.dtype | None, attn_implementation: str | None, files: list[Path]
+) -> PreTrainedModel:
+    """What ``from_pretrained`` would build, on the meta device and without reading weights."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=pretrained_dtype(dtype, config, files))
+    return model.eval()  # as from_pretrained returns it
 
 
 def causal_lm_from_config(

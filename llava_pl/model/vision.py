@@ -14,6 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from llava_pl.data.images import input_size
 from llava_pl.model.architecture import config_source, is_architecture_only, resolve_dtype
 from llava_pl.model.blocks import resolve_block_class
+from llava_pl.model.pretrained_weights import deferred_part, pretrained_dtype
 
 SelectFeature = Literal["patch", "cls_patch"]
 
@@ -28,6 +29,14 @@ def _vision_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
         return MODEL_MAPPING[type(config)]
     except KeyError as error:
         raise ValueError(f"transformers has no vision model for config type {type(config).__name__}") from error
+
+
+def _empty_tower(
+    model_class: type[PreTrainedModel], config: PretrainedConfig, dtype: torch.dtype | None
+) -> PreTrainedModel:
+    with torch.device("meta"):
+        tower = model_class(config)
+    return tower.to(dtype) if dtype is not None else tower
 
 
 class VisionEncoder(nn.Module):
@@ -84,7 +93,8 @@ class VisionEncoder(nn.Module):
         """Loads the tower and its image processor from a hub name or a local folder.
 
         A dual-encoder checkpoint (a full CLIP or SigLIP model) gives its vision half. Inside
-        ``architecture_only()`` the tower is built empty, on the meta device, from its config alone.
+        ``architecture_only()`` the tower is built empty, on the meta device, from its config alone; inside
+        ``deferred_weights()`` too, its weights read later (``llava_pl.model.pretrained_weights``).
 
         Args:
             image_processor: values that replace the checkpoint's image processor values, e.g.
@@ -94,12 +104,12 @@ class VisionEncoder(nn.Module):
         config = _vision_config(AutoConfig.from_pretrained(source))
         model_class = _vision_model_class(config)
         if is_architecture_only():
-            with torch.device("meta"):
-                tower = model_class(config)
-            if (empty_dtype := resolve_dtype(dtype, config)) is not None:
-                tower.to(empty_dtype)
+            tower = _empty_tower(model_class, config, resolve_dtype(dtype, config))
         else:
-            tower = model_class.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+            tower = deferred_part(name_or_path, lambda files: _empty_tower(
+                model_class, config, pretrained_dtype(dtype, config, files)).eval(), kwargs)
+            if tower is None:
+                tower = model_class.from_pretrained(name_or_path, dtype=dtype, **kwargs)
         processor = AutoImageProcessor.from_pretrained(source, **(image_processor or {}))
         return cls(tower, processor, select_layer=select_layer, select_feature=select_feature, block_class=block_class)
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llava_pl.errors import ConfigError
+
 ReplyFormat = Literal["qa", "description"]
 
 
@@ -47,24 +49,24 @@ class KindPrompt:
     def __post_init__(self) -> None:
         where = f"prompts.{self.name}"
         if self.format not in ("qa", "description"):
-            raise ValueError(f"{where}.format must be 'qa' or 'description', got {self.format!r}")
+            raise ConfigError(f"{where}.format must be 'qa' or 'description', got {self.format!r}")
         if self.format == "description" and not self.instructions:
-            raise ValueError(f"{where}: format 'description' needs a list of 'instructions' (the human turns)")
+            raise ConfigError(f"{where}: format 'description' needs a list of 'instructions' (the human turns)")
         if self.format == "qa" and not 1 <= self.min_pairs <= self.max_pairs:
-            raise ValueError(f"{where}: need 1 <= min_pairs <= max_pairs, got {self.min_pairs}, {self.max_pairs}")
+            raise ConfigError(f"{where}: need 1 <= min_pairs <= max_pairs, got {self.min_pairs}, {self.max_pairs}")
         if not self.system.strip():
-            raise ValueError(f"{where}.system is empty")
+            raise ConfigError(f"{where}.system is empty")
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> KindPrompt:
         known = set(cls.__dataclass_fields__) - {"name", "examples"}
         unknown = set(config) - known - {"examples"}
         if unknown:
-            raise ValueError(f"prompts.{name}: unknown key(s) {sorted(unknown)}; known: {sorted(known | {'examples'})}")
+            raise ConfigError(f"prompts.{name}: unknown key(s) {sorted(unknown)}; known: {sorted(known | {'examples'})}")
         examples = []
         for index, example in enumerate(config.get("examples") or []):
             if not isinstance(example, Mapping) or set(example) != {"context", "reply"}:
-                raise ValueError(f"prompts.{name}.examples[{index}] must have exactly 'context' and 'reply'")
+                raise ConfigError(f"prompts.{name}.examples[{index}] must have exactly 'context' and 'reply'")
             examples.append(Example(str(example["context"]).strip(), str(example["reply"]).strip()))
         values = {key: config[key] for key in known if key in config}
         for key in ("instructions", "reject_phrases"):
@@ -90,8 +92,8 @@ def load_prompts(configs: Mapping[str, Mapping[str, Any]], kinds: Sequence[str])
     """The prompt of every selected kind, in the order of ``kinds``."""
     missing = [kind for kind in kinds if kind not in configs]
     if missing:
-        raise ValueError(f"kinds {missing} have no prompt under prompts (have: {sorted(configs)}); add one with "
+        raise ConfigError(f"kinds {missing} have no prompt under prompts (have: {sorted(configs)}); add one with "
                          f"+instruct_prompts@prompts.<kind>=<file in conf/instruct_prompts>")
     if len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds lists a kind twice: {list(kinds)}")
+        raise ConfigError(f"kinds lists a kind twice: {list(kinds)}")
     return {kind: KindPrompt.from_config(kind, configs[kind]) for kind in kinds}
