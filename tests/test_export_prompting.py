@@ -178,7 +178,8 @@ def _sentencepiece_tokenizer():
 @pytest.mark.parametrize(("template", "tokenizer_kind"), [
     (VicunaTemplate(), "sentencepiece"), (VicunaTemplate(system="Be brief."), "sentencepiece"),
     (PlainTemplate(), "sentencepiece"), (ChatTemplate(), "demo"), (VicunaTemplate(), "demo"),
-], ids=["vicuna", "vicuna-system", "plain", "chat_template", "vicuna-bpe"])
+    (PlainTemplate(begin="<|im_start|>", end="<|im_end|>"), "demo"),
+], ids=["vicuna", "vicuna-system", "plain", "chat_template", "vicuna-bpe", "plain-begin-end"])
 def test_chat_template_renders_whole_conversations_as_training(template, tokenizer_kind, tokenizer) -> None:
     tokenizer = _sentencepiece_tokenizer() if tokenizer_kind == "sentencepiece" else tokenizer
     messages = _conversation()[:2] if isinstance(template, PlainTemplate) else _conversation()

@@ -79,6 +79,17 @@ def test_plain_template_supervises_only_the_caption(tokenizer) -> None:
         assert tokens.input_ids[-1] == tokenizer.convert_tokens_to_ids(template.stop_token(tokenizer))
 
 
+def test_plain_template_begin_comes_before_the_image_unsupervised(tokenizer) -> None:
+    conversation = parse_record(_record("<image>\nDescribe.", "A red circle."), "mem.json", 0)
+    template = PlainTemplate(begin="<|im_start|>", end=tokenizer.eos_token)
+    tokens = tokenize_segments(template.segments(conversation.messages, tokenizer), tokenizer, TOKENS_PER_IMAGE,
+                               add_special_tokens=template.add_special_tokens)
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert tokens.input_ids[: 1 + TOKENS_PER_IMAGE] == [start] + [IMAGE_TOKEN_ID] * TOKENS_PER_IMAGE
+    assert tokens.labels[0] == IGNORE_INDEX
+    assert supervised_runs(tokenizer, tokens.input_ids, tokens.labels) == [f"A red circle.{tokenizer.eos_token}"]
+
+
 def test_plain_template_end_must_be_one_token(tokenizer) -> None:
     with pytest.raises(ValueError, match="end ' The end.' is not one token after text"):
         PlainTemplate(end=" The end.").stop_token(tokenizer)

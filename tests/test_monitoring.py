@@ -163,6 +163,19 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch: pytest
     assert isinstance(progress_display(terminal=True), LlavaProgressBar)
 
 
+def test_module_print_goes_through_the_progress_lines(capsys: pytest.CaptureFixture) -> None:
+    """``LightningModule.print`` (the projector-centring line, say) asks the trainer's progress display."""
+    from lightning.pytorch import LightningModule
+
+    lines = ProgressLines()
+    module = LightningModule()
+    module._trainer = SimpleNamespace(progress_bar_callback=lines, is_global_zero=True)
+    module.print("centred the projector")
+    lines.disable()
+    module.print("and again")
+    assert capsys.readouterr().out.splitlines() == ["centred the projector", "and again"]
+
+
 def test_summary_text() -> None:
     facts = {"stage": "align", "parameters": 1000, "trainable_parameters": 10, "train_samples": 4000,
              "val_samples": 200, "batches_per_epoch": 125, "global_batch_size": 256, "micro_batch_size": 32,

@@ -111,6 +111,25 @@ def test_a_checkpoint_in_another_dtype_is_cast_to_the_built_one(compose_config, 
             assert torch.equal(tensor, whole.llm.state_dict()[name]), (dtype, name)
 
 
+def test_a_bin_checkpoint_is_read_tensor_by_tensor_too(compose_config, backbones, tmp_path) -> None:
+    """PyTorch ``.bin`` files (Vicuna's, say) are memory-mapped and read per tensor as safetensors are."""
+    folder = tmp_path / "llm_bin"
+    llama = LlamaForCausalLM.from_pretrained(backbones["llm"])
+    llama.config.save_pretrained(folder)
+    torch.save(llama.state_dict(), folder / "pytorch_model.bin")
+    cfg = compose_config(*pretrained_overrides({**backbones, "llm": folder}),
+                         f"model.llm.tokenizer.name_or_path={backbones['llm']}")
+    tokenizer = instantiate(cfg.model.llm.tokenizer)
+    whole = build_model(cfg.model, tokenizer)
+    with deferred_weights() as weights:
+        model = build_model(cfg.model, tokenizer)
+    assert any(slot.file.name == "pytorch_model.bin" for slot in weights.slots)
+    materialize(model)
+    weights.fill()
+    for name, tensor in whole.llm.state_dict().items():
+        assert torch.equal(model.llm.state_dict()[name], tensor), name
+
+
 def test_a_part_that_cannot_be_read_per_shard_is_loaded_whole(compose_config, saved_llava) -> None:
     cfg = compose_config("model=llava_hf", f"model.name_or_path={saved_llava}")
     with deferred_weights() as weights:
@@ -202,7 +221,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow  # two processes that each import torch and transformers: ~30 s or more
 def test_two_processes_fill_their_shards_with_the_whole_builds_weights(compose_config, backbones, tmp_path) -> None:
     cfg = compose_config(*pretrained_overrides(backbones))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -219,7 +237,7 @@ def test_two_processes_fill_their_shards_with_the_whole_builds_weights(compose_c
         assert torch.equal(result["state"][name], tensor), name
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two 2-process trainings at once: 25 s on 2 idle cores, minutes on busy ones
 def test_sharded_build_trains_with_the_losses_of_the_whole_build(compose_config, data_dir, backbones,
                                                                 tmp_path) -> None:
     """``train.py`` on two gloo processes under ``strategy=fsdp``, both stages, built sharded and built whole."""

@@ -86,6 +86,14 @@ class ProgressLines(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``LightningModule.print`` goes through the enabled progress display: a plain line here too."""
+        print(*args, **kwargs, flush=True)
+
     def _write(self, trainer: L.Trainer, extra: str = "") -> None:
         items = self.pace.items(trainer.global_step, trainer.progress_bar_metrics)
         fields = [f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"

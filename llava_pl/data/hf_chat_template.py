@@ -104,7 +104,8 @@ def _plain(template: PlainTemplate, tokenizer: PreTrainedTokenizerBase) -> str:
         "{%- if dialogue | length > 2 -%}"
         "{{- raise_exception('the plain template takes one caption pair') -}}{%- endif -%}"
         "{%- for message in dialogue -%}"
-        f"{{%- if message['role'] == 'user' -%}}{{{{- {_IMAGE} * message['content'].count({_IMAGE}) -}}}}"
+        f"{{%- if message['role'] == 'user' -%}}{{{{- {_literal(template.begin)} + "
+        f"{_IMAGE} * message['content'].count({_IMAGE}) -}}}}"
         f"{{%- else -%}}{{{{- {_literal(before)} + message['content'] + {_literal(after)} -}}}}"
         "{%- endif -%}{%- endfor -%}"
     )

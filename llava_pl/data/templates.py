@@ -60,14 +60,20 @@ class PlainTemplate:
     """The align stage's template (LLaVA's ``plain``): the tokenizer's BOS, the image, the caption and ``end``;
     the user's instruction is dropped. Only the caption and ``end`` are supervised, and generation stops at
     ``end``, which must be one token after text.
+
+    Args:
+        end: what closes each caption (LLaVA's ``"\n"``).
+        begin: text before the image, for an LLM whose tokenizer adds no BOS of its own but that expects a start
+            token (SmolLM2's ``<|im_start|>``); LLaVA's templates have none.
     """
 
     add_special_tokens = True
 
-    def __init__(self, end: str = "\n") -> None:
+    def __init__(self, end: str = "\n", begin: str = "") -> None:
         if not end:
             raise ValueError("the plain template's end must not be empty: generation stops on it")
         self.end = end
+        self.begin = begin
 
     def segments(
         self, messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False
@@ -77,7 +83,7 @@ class PlainTemplate:
         if len(dialogue) != expected_turns:
             raise ValueError(f"the plain template takes one caption pair, got {len(dialogue)} turns")
         images = IMAGE_PLACEHOLDER * dialogue[0].content.count(IMAGE_PLACEHOLDER)
-        segments = [Segment(images, False)]
+        segments = [Segment(self.begin + images, False)]
         if not add_generation_prompt:
             segments.append(Segment(dialogue[1].content + self.end, True))
         return segments

@@ -2,17 +2,18 @@
 
 Inside ``deferred_weights()`` the pretrained factories (``causal_lm_from_pretrained``,
 ``VisionEncoder.from_pretrained``) build their part empty, on the meta device, and record where each of its
-weights lies in the part's safetensors files; parts with random initial weights build as usual. A sharding
+weights lies in the part's weight files; parts with random initial weights build as usual. A sharding
 strategy then shards the model, allocates its empty tensors and calls ``PretrainedWeights.fill``, which reads,
 tensor by tensor, only the rows of each weight that the process's shard holds.
 
-A part whose weights cannot be read this way (GGUF or ``.bin`` files, checkpoints that need more than key
-renaming, extra ``from_pretrained`` options) is loaded whole, as without deferring.
+A part whose weights cannot be read this way (GGUF files, checkpoints that need more than key renaming, extra
+``from_pretrained`` options) is loaded whole, as without deferring.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from llava_pl.model.checkpoint_keys import checkpoint_key_mapping, safetensors_files
+from llava_pl.model.checkpoint_keys import checkpoint_key_mapping, floating_dtype, stored_tensors, weight_files
 
 log = logging.getLogger(__name__)
 
 _DEFERRED: ContextVar[PretrainedWeights | None] = ContextVar("llava_pl_deferred_weights", default=None)
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,10 @@ class PretrainedWeights:
     def add(self, part: PreTrainedModel, files: list[Path]) -> bool:
         """Records where each tensor of the empty ``part`` lies in ``files``; False (nothing recorded) when the
         checkpoint's keys need more than renaming to fit the part."""
-        file_of = {key: file for file in files for key in _keys(file)}
+        try:
+            file_of = {key: file for file in files for key in _keys(file)}
+        except (RuntimeError, pickle.UnpicklingError):  # a .bin file of the legacy format: it cannot be mapped
+            return False
         mapping = checkpoint_key_mapping(part, file_of)
         if mapping is None:
             return False
@@ -83,7 +85,7 @@ class PretrainedWeights:
 
 
 def _keys(file: Path) -> list[str]:
-    with safe_open(str(file), "pt") as handle:
+    with stored_tensors(file) as handle:
         return list(handle.keys())
 
 
@@ -92,8 +94,7 @@ def _read_into(tensor: torch.Tensor, slot: WeightSlot) -> None:
 
     if tensor.is_meta:
         raise RuntimeError(f"{slot.key}: the model's tensor is still on the meta device; materialise it first")
-    # a file opened per tensor: the pages a memory map touched leave with it
-    with safe_open(str(slot.file), "pt") as handle:
+    with stored_tensors(slot.file) as handle:  # opened per tensor: the mapped pages it touched leave with it
         stored = handle.get_slice(slot.key)
         if tuple(stored.get_shape()) != tuple(tensor.shape):
             raise ValueError(f"{slot.file}: {slot.key} has shape {tuple(stored.get_shape())}, "
@@ -125,18 +126,18 @@ def deferred_part(
 ) -> PreTrainedModel | None:
     """Inside ``deferred_weights()``: the part that ``build_empty`` builds on the meta device from the checkpoint
     files, its weights recorded. None where they cannot be deferred (outside, ``options`` for ``from_pretrained``
-    given, no safetensors files, conversions needed): the caller then loads the part as usual."""
+    given, no weight files that can be mapped, conversions needed): the caller then loads the part as usual."""
     weights = _DEFERRED.get()
     if weights is None:
         return None
-    files = None if options else safetensors_files(name_or_path)
+    files = None if options else weight_files(name_or_path)
     if not files:
-        log.info(f"{name_or_path}: loaded whole (not read per shard): only safetensors checkpoints without "
-                 f"extra options are; options: {sorted(options)}")
+        log.info(f"{name_or_path}: loaded whole, not read per shard: it has no safetensors or .bin files, or "
+                 f"from_pretrained options are given ({sorted(options)})")
         return None
     part = build_empty(files)
     if not weights.add(part, files):
-        log.info(f"{name_or_path}: loaded whole (not read per shard): its weights need conversion")
+        log.info(f"{name_or_path}: loaded whole, not read per shard: its weights need conversion")
         return None
     return part
 
@@ -153,9 +154,4 @@ def pretrained_dtype(dtype: str | torch.dtype | None, config: PretrainedConfig, 
         return resolved
     if getattr(config, "dtype", None) is not None:
         return config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype)
-    with safe_open(str(files[0]), "pt") as handle:
-        for key in handle.keys():
-            stored = _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype())
-            if stored is not None:
-                return stored
-    return torch.get_default_dtype()
+    return floating_dtype(files[0]) or torch.get_default_dtype()
