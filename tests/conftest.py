@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,3 +129,10 @@ def nothing_built(monkeypatch: pytest.MonkeyPatch) -> Callable[[DictConfig], boo
 
     monkeypatch.setattr(llava_pl.train, "build_model", build_model)
     return lambda cfg: not Path(cfg.run_dir).exists()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now (for a server or a process group the test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -49,6 +49,23 @@ def assert_same_losses(got: dict, expected: dict) -> None:
         assert loss == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
 
 
+def start_two_processes(data_dir: Path, run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """``train.py`` on 2 gloo processes with the small overrides, its per-step losses recorded in
+    ``run_dir/losses.jsonl`` and its output captured; ``finish`` waits for it."""
+    small = [override for override in small_overrides(data_dir, run_dir) if not override.startswith("run_dir=")]
+    command = [sys.executable, "train.py", *small, f"hydra.run.dir={run_dir}", *overrides, "trainer.devices=2",
+               *recorder(run_dir / "losses.jsonl")]
+    return subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(process: subprocess.Popen, name: str) -> str:
+    """The output of a run ``start_two_processes`` started, once it has ended well."""
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, f"{name}:\n{output[-4000:]}"
+    return output
+
+
 @pytest.fixture(scope="module")
 def two_process_runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """One DDP and one FSDP2 run of 2 gloo processes each, started together."""
@@ -56,18 +73,12 @@ def two_process_runs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     processes = {}
     for strategy in ("ddp", "fsdp"):
         run_dir = root / strategy
-        overrides = [o for o in small_overrides(data_dir, run_dir) if not o.startswith("run_dir=")]
         # under FSDP with the default monitoring too: its rank-0-only sample generations must not hang the run
         monitoring = ["monitor=default", "peak_flops=none"] if strategy == "fsdp" else ["monitor=none"]
         common = [override for override in COMMON if override != "monitor=none"]
-        command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", *common, *monitoring,
-                   f"strategy={strategy}", "trainer.devices=2", *recorder(run_dir / "losses.jsonl")]
-        processes[strategy] = subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT, text=True,
-                                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+        processes[strategy] = start_two_processes(data_dir, run_dir, *common, *monitoring, f"strategy={strategy}")
     for strategy, process in processes.items():
-        output = process.communicate(timeout=600)[0]
-        assert process.returncode == 0, f"{strategy}:\n{output[-4000:]}"
+        finish(process, strategy)
     yield {strategy: root / strategy for strategy in processes}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from llava_pl.chat_engine import ChatModel, Conversation, Sampling, open_image
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, free_port
 from tests.demo_checkpoint import draw_shapes, seeded_checkpoints
 
 DEMO_INSTALL = 'pip install -e ".[demo,test]"'
@@ -93,12 +92,6 @@ def test_an_answer_streams_into_the_history(handlers, chat: ChatModel, tmp_path:
     assert handlers.reset(conversation)[:2] == (conversation, []) and conversation.turns == []
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,7 +124,7 @@ def test_a_person_uploads_an_image_and_asks_in_a_real_browser(chat: ChatModel, d
     assert (tmp_path / "heavy.png").stat().st_size > 20_000
     expected = _expected_answer(chat, picture, "What color is the circle?", 6)
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp_path / "uploads")}
     with log.open("w") as log_file:

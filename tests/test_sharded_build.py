@@ -4,9 +4,6 @@ with the same per-step losses."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +18,8 @@ from llava_pl.distributed.partition_on_load import partition_on_load
 from llava_pl.lora import apply_lora
 from llava_pl.model.build import build_model, materialize
 from llava_pl.model.pretrained_weights import deferred_weights
-from tests.conftest import CONF_DIR, small_overrides
-from tests.test_scaling_equivalence import COMMON, assert_same_losses, recorder, step_losses
+from tests.conftest import free_port
+from tests.test_scaling_equivalence import COMMON, assert_same_losses, finish, start_two_processes, step_losses
 
 LLAMA_BLOCK = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
 CLIP_BLOCK = "transformers.models.clip.modeling_clip.CLIPEncoderLayer"
@@ -213,19 +210,11 @@ def _shard_and_fill(rank: int, port: int, model_cfg: dict, tokenizer_path: str, 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_fill_their_shards_with_the_whole_builds_weights(compose_config, backbones, tmp_path) -> None:
     cfg = compose_config(*pretrained_overrides(backbones))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     out = tmp_path / "state.pt"
-    mp.spawn(_shard_and_fill, args=(_free_port(), model_cfg, str(backbones["llm"]), str(out)), nprocs=2)
+    mp.spawn(_shard_and_fill, args=(free_port(), model_cfg, str(backbones["llm"]), str(out)), nprocs=2)
     result = torch.load(out, weights_only=False)
     torch.manual_seed(3)
     whole = build_model(cfg.model, instantiate(cfg.model.llm.tokenizer))
@@ -246,17 +235,11 @@ def test_sharded_build_trains_with_the_losses_of_the_whole_build(compose_config,
         instantiate(step)
     processes = {}
     for sharded in (True, False):
-        run_dir = tmp_path / f"sharded_{sharded}"
-        overrides = [o for o in small_overrides(data_dir, run_dir) if not o.startswith("run_dir=")]
-        command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", *common,
-                   *pretrained_overrides(backbones), "strategy=fsdp", f"strategy.build_sharded={sharded}",
-                   "trainer.devices=2", *recorder(run_dir / "losses.jsonl")]
-        processes[sharded] = subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True,
-                                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        processes[sharded] = start_two_processes(data_dir, tmp_path / f"sharded_{sharded}", *common,
+                                                 *pretrained_overrides(backbones), "strategy=fsdp",
+                                                 f"strategy.build_sharded={sharded}")
     for sharded, process in processes.items():
-        output = process.communicate(timeout=600)[0]
-        assert process.returncode == 0, f"build_sharded={sharded}:\n{output[-4000:]}"
+        output = finish(process, f"build_sharded={sharded}")
         assert ("sharded build: each process read its shards of" in output) is sharded
     expected = step_losses(tmp_path / "sharded_False" / "losses.jsonl")
     got = step_losses(tmp_path / "sharded_True" / "losses.jsonl")
