@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,7 +33,7 @@ from llava_pl.module import LlavaModule
 from llava_pl.resolvers import register_resolvers
 from llava_pl.stage import StageConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from llava_pl.config_dir import CONF_DIR  # noqa: E402
 
 
 class _Batches(L.LightningDataModule):

@@ -11,7 +11,6 @@ per GPU under ``bf16-mixed``. docs/precision.md holds the output and its assumpt
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
@@ -22,7 +21,7 @@ from llava_pl.module import set_trainable
 from llava_pl.resolvers import register_resolvers
 from llava_pl.train import selected_stages
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from llava_pl.config_dir import CONF_DIR  # noqa: E402
 
 
 def preset_table(model: str, stage_name: str, gpus: int) -> str:

@@ -35,7 +35,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from llava_pl.config_dir import CONF_DIR as CONF  # noqa: E402
 LLAMA_BLOCK = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
 LLAMA_1B = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 18,
             "num_attention_heads": 16, "num_key_value_heads": 16, "tie_word_embeddings": False}

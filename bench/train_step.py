@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.length_mix import LengthMix, draw_lengths, grouped_batches, padding_fraction, random_batches  # noqa: E402
+from llava_pl.config_dir import CONF_DIR  # noqa: E402
 from llava_pl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID  # noqa: E402
 from llava_pl.data.collate import LlavaCollator  # noqa: E402
 from llava_pl.data.packing import PackingCollator  # noqa: E402
@@ -84,7 +85,7 @@ def _tiny() -> Size:
     """The demo's model, its configs read from conf/ (vocabulary: the demo tokenizer's limit of 1024)."""
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    conf = CONF_DIR / "model"
     vision = OmegaConf.to_container(OmegaConf.load(conf / "vision" / "tiny_clip.yaml"))
     llm = OmegaConf.to_container(OmegaConf.load(conf / "llm" / "tiny_llama.yaml"))["model"]["config"]
     return Size({"config": vision["config"], "image_processor": vision["image_processor"]},

@@ -131,7 +131,7 @@ def chat(cfg: DictConfig) -> None:
     session.run()
 
 
-@hydra.main(version_base="1.3", config_path="../conf/chat", config_name="chat")
+@hydra.main(version_base="1.3", config_path="conf/chat", config_name="chat")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     chat(cfg)

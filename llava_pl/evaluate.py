@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Metrics] | None:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf/eval", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf/eval", config_name="evaluate")
 @reports_user_errors
 def main(cfg: DictConfig) -> Any:
     evaluate(cfg)

@@ -180,7 +180,7 @@ def serve(cfg: DictConfig) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf/chat", config_name="serve")
+@hydra.main(version_base="1.3", config_path="conf/chat", config_name="serve")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     serve(cfg)

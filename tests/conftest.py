@@ -16,7 +16,7 @@ from data.shapes import generate_shapes_dataset
 from data.tokenizer import build_demo_tokenizer
 from llava_pl.resolvers import register_resolvers
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from llava_pl.config_dir import CONF_DIR  # noqa: E402
 FORMATS_DIR = Path(__file__).resolve().parents[2] / "shared" / "formats"
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "llava-golden"
 

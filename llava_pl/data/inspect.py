@@ -40,7 +40,7 @@ from llava_pl.model.build import build_empty_model
 from llava_pl.resolvers import register_resolvers
 from llava_pl.train import selected_stages
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from llava_pl.config_dir import CONF_DIR  # noqa: E402
 OWN_KEYS = {"n": int, "split": choice("train", "val"), "color": choice("auto", "always", "never"), "decode": boolean}
 USAGE = "python -m llava_pl.data.inspect [TRAINING OVERRIDES ...] [n=5] [split=train|val] [color=auto] [decode=true]"
 GREEN, RESET = "\033[1;32m", "\033[0m"

@@ -73,7 +73,7 @@ def make_instruct(cfg: DictConfig, backend: ChatBackend | None = None) -> Summar
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="make_instruct")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="make_instruct")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     make_instruct(cfg)

@@ -5,14 +5,14 @@ task's name). The evaluation CLI composes it with Hydra (``task=pope``); a train
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llava_pl.config_dir import CONF_DIR
 from llava_pl.eval.task import Task
 
-TASK_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "eval" / "task"
+TASK_CONF_DIR = CONF_DIR / "eval" / "task"
 
 
 def task_names() -> list[str]:
