@@ -3,187 +3,45 @@ LLaVA-1.5's pad-to-square, from a JSON file over an image folder and from webdat
 and streamed; holding the JPEGs, or the images pre-resized at conversion), on synthetic COCO-sized JPEGs and
 LLaVA-Instruct-like conversations.
 
-    nice python bench/data.py [samples=400] [write=true]
+    nice python -m bench.data [samples=400] [write=true]
 
-The figures go into BENCHMARKS.md under "## Data loading" (the section is replaced, the rest kept).
+from the checkout, with llava_pl installed. The figures go into BENCHMARKS.md under "## Data loading" (the
+section is replaced, the rest kept).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import platform
-import random
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch and numpy start their thread pools
 
-import numpy as np  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import CLIPImageProcessor  # noqa: E402
 
-from data.tokenizer import build_demo_tokenizer  # noqa: E402
+from bench.data_samples import make_data  # noqa: E402
+from bench.data_timing import (  # noqa: E402
+    SIZE,
+    TOKENS_PER_IMAGE,
+    breakdown,
+    clip_processor,
+    connect,
+    conversion,
+    rate,
+    storage_formats,
+)
 from llava_pl.data.datamodule import LlavaDataModule  # noqa: E402
 from llava_pl.data.images import ImageTransform  # noqa: E402
-from llava_pl.data.templates import ChatTemplate  # noqa: E402
-from llava_pl.data.to_wds import convert  # noqa: E402
 from llava_pl.data.wds import WdsDataModule  # noqa: E402
+from llava_pl.demo.tokenizer import build_demo_tokenizer  # noqa: E402
 from llava_pl.model.llm import load_tokenizer  # noqa: E402
 
-SIZE = 336
-TOKENS_PER_IMAGE = 576
+ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
-WORDS = ("the a man woman dog cat table street car bus person sitting standing next to near on top of a red blue "
-         "green white black large small wooden kitchen room window tree sky water picture shows there is are two "
-         "three people holding looking at while in front background").split()
-
-
-def photo(path: Path, rng: random.Random) -> None:
-    """A COCO-sized JPEG (640 × 480 or 480 × 640) with smooth regions and noise, ~ a photo's compressed size."""
-    width, height = (640, 480) if rng.random() < 0.7 else (480, 640)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * rng.uniform(0.1, 0.4) + y * rng.uniform(0.1, 0.4) + rng.uniform(0, 255)) % 256
-                     for _ in range(3)], axis=-1)
-    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 12, base.shape)
-    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
-
-
-def sentence(rng: random.Random, low: int, high: int) -> str:
-    return " ".join(rng.choices(WORDS, k=rng.randint(low, high))).capitalize() + "."
-
-
-def make_data(folder: Path, count: int) -> Path:
-    rng = random.Random(0)
-    (folder / "images").mkdir(parents=True)
-    records = []
-    for index in range(count):
-        name = f"{index:012d}.jpg"
-        photo(folder / "images" / name, rng)
-        turns = []
-        for turn in range(rng.choice([1, 1, 2, 3, 5])):
-            turns += [{"from": "human", "value": sentence(rng, 6, 14)[:-1] + "?"},
-                      {"from": "gpt", "value": " ".join(sentence(rng, 8, 20) for _ in range(rng.randint(1, 4)))}]
-        first = turns[0]["value"]
-        turns[0]["value"] = f"<image>\n{first}" if index % 2 else f"{first}\n<image>"
-        records.append({"id": name[:-4], "image": name, "conversations": turns})
-    path = folder / "instruct.json"
-    path.write_text(json.dumps(records))
-    corpus = folder / "corpus.txt"
-    corpus.write_text("\n".join(turn["value"] for r in records for turn in r["conversations"]))
-    return path
-
-
-def clip_processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                              image_mean=[0.48145466, 0.4578275, 0.40821073],
-                              image_std=[0.26862954, 0.26130258, 0.27577711])
-
-
-def connect(module, tokenizer) -> None:
-    module.connect(tokenizer, ChatTemplate(), clip_processor(), TOKENS_PER_IMAGE)
-
-
-def conversion(source: Path, out: Path, transform: ImageTransform | None) -> tuple[float, float]:
-    """``(CPU ms, KiB of shards)`` per sample of converting ``source`` into ``out``."""
-    start = time.process_time()
-    manifest = convert(source, source.parent / "images", out, shard_size=100, progress=False, transform=transform)
-    cpu = time.process_time() - start
-    size = sum(path.stat().st_size for path in out.glob("*.tar"))
-    return 1000 * cpu / manifest["samples"], size / 1024 / manifest["samples"]
-
-
-def rate(module, samples: int, repeats: int = 2) -> tuple[float, float]:
-    """Best samples per wall-clock second and per CPU second of this process over ``repeats`` passes of
-    ``samples`` samples, loaded in this process (no loader workers, one thread)."""
-    module.setup("fit")
-    wall = cpu = 0.0
-    for _ in range(repeats):
-        seen, start, start_cpu = 0, time.perf_counter(), time.process_time()
-        for batch in module.train_dataloader():
-            seen += len(batch["sample_ids"])
-            if seen >= samples:
-                break
-        wall = max(wall, seen / (time.perf_counter() - start))
-        cpu = max(cpu, seen / (time.process_time() - start_cpu))
-    return wall, cpu
-
-
-STEPS = {False: ("read + decode", "pad + resize + normalise", "template + tokenize"),
-         True: ("read the pixels (.npy)", "normalise", "template + tokenize")}
-
-
-def breakdown(module, count: int = 100) -> dict[str, float]:
-    """CPU milliseconds per sample of each step, over the first ``count`` samples."""
-    dataset = module.train_set.datasets[0]
-    transform = dataset.image_transform
-    preprocessed = dataset.source.preprocessing is not None
-    read, process, tokenize = STEPS[preprocessed]
-    times = dict.fromkeys((read, process, tokenize), 0.0)
-    count = min(count, len(dataset))
-    for index in range(count):
-        start = time.process_time()
-        conversation = dataset.conversation(index)
-        dataset.encoder(conversation, dataset.path)
-        encoded = time.process_time()
-        if preprocessed:
-            pixels = dataset.source.open_pixels(index, conversation.sample_id, 0)
-            decoded = time.process_time()
-            transform.normalise(pixels)
-        else:
-            with dataset.open_image(index, conversation, 0) as image:
-                decoded = time.process_time()
-                transform(image)
-        done = time.process_time()
-        times[tokenize] += encoded - start
-        times[read] += decoded - encoded
-        times[process] += done - decoded
-    return {name: 1000 * value / count for name, value in times.items()}
-
-
-def _png(pixels: np.ndarray, level: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
-    return buffer.getvalue()
-
-
-def _npy(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, pixels, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _read_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image)
-
-
-def storage_formats(module, count: int = 40) -> dict[str, tuple[float, float]]:
-    """``{format: (KiB per image, CPU ms to read it back into an array)}`` of the first ``count`` pre-resized
-    images, as stored (``.npy``) and as lossless PNG."""
-    dataset = module.train_set.datasets[0]
-    arrays = [dataset.source.open_pixels(index, "", 0) for index in range(min(count, len(dataset)))]
-    formats = {".npy (stored)": (_npy, lambda data: np.load(io.BytesIO(data)))}
-    formats.update({f"PNG, compress_level={level}": (lambda pixels, level=level: _png(pixels, level), _read_png)
-                    for level in (1, 6)})
-    result = {}
-    for name, (encode, decode) in formats.items():
-        blobs = [encode(pixels) for pixels in arrays]
-        assert all(np.array_equal(decode(blob), pixels) for blob, pixels in zip(blobs, arrays))  # lossless
-        best = float("inf")
-        for _ in range(3):
-            start = time.process_time()
-            for blob in blobs:
-                decode(blob)
-            best = min(best, time.process_time() - start)
-        result[name] = (sum(map(len, blobs)) / len(blobs) / 1024, 1000 * best / len(blobs))
-    return result
 
 
 def write_section(text: str) -> None:
@@ -255,7 +113,7 @@ def main(argv: list[str]) -> None:
         f"CPU second from pre-resized shards (the slower of their two readers), {best:.0f} at best from JPEGs"
     text = f"""## Data loading
 
-`nice python bench/data.py samples={samples}` on {platform.machine()} ({os.cpu_count()} cores, load average
+`nice python -m bench.data samples={samples}` on {platform.machine()} ({os.cpu_count()} cores, load average
 {load:.1f} at the end of the run; the loop runs in one process with one thread, i.e. what one `data.num_workers` worker delivers: samples per
 CPU second of that process is what one core of this machine delivers, the wall-clock rate what it delivered
 while sharing them). Samples:
@@ -276,7 +134,7 @@ CPU time per sample of each step (first 100 samples; JSON + image folder, and sh
 {steps}
 
 The resize of the padded 640 × 640 image to 336 × 336 (PIL's bicubic filter, which CLIP's processor uses) is the
-largest single cost of the JPEG path; shards converted with `vision=` (`python -m llava_pl.data.to_wds ...
+largest single cost of the JPEG path; shards converted with `vision=` (`python -m llava_pl.to_wds ...
 vision=clip-vit-l-14-336`) hold each image already padded, resized and cropped, as {SIZE} × {SIZE} × 3 uint8
 `.npy`, so a worker only reads and normalises them, with the very same pixel tensors. The conversion pays the
 resize once instead:

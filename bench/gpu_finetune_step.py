@@ -2,10 +2,12 @@
 preset's configs (carried in the package, no download), ``LlavaModule`` with the stage's settings (gradient
 checkpointing, the precision policy's float32 masters), Lightning's ``Trainer`` under ``bf16-mixed``, AdamW.
 
-    python bench/gpu_finetune_step.py                                  # LLaVA-1.5-7B, finetune, on a CUDA GPU
-    python bench/gpu_finetune_step.py --model llava-1.5-13b --micro-batch-size 4
-    python bench/gpu_finetune_step.py --model siglip-qwen2.5-0.5b --micro-batch-size 1 --steps 2 --device cpu \
+    python -m bench.gpu_finetune_step                                  # LLaVA-1.5-7B, finetune, on a CUDA GPU
+    python -m bench.gpu_finetune_step --model llava-1.5-13b --micro-batch-size 4
+    python -m bench.gpu_finetune_step --model siglip-qwen2.5-0.5b --micro-batch-size 1 --steps 2 --device cpu \
         --precision 32-true                                            # a smoke test of the harness
+
+from the checkout, with llava_pl installed.
 
 Each micro-batch holds samples of LLaVA-1.5's shape: one image (576 tokens for CLIP-L/336) and ``--text-tokens``
 text tokens, the last half supervised. One optimizer step per micro-batch. It prints, per step, the wall time
@@ -25,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from llava_pl.config_dir import CONF_DIR
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from llava_pl.data.collate import LlavaCollator
 from llava_pl.data.images import input_size
@@ -32,8 +35,6 @@ from llava_pl.model.build import build_empty_model, materialize
 from llava_pl.module import LlavaModule
 from llava_pl.resolvers import register_resolvers
 from llava_pl.stage import StageConfig
-
-from llava_pl.config_dir import CONF_DIR  # noqa: E402
 
 
 class _Batches(L.LightningDataModule):
@@ -74,7 +75,7 @@ class _StepTimer(L.Callback):
 def _config(model: str, stage: str) -> Any:
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["experiment=none", "evaluation=none", "report=none",
+        return compose("train", overrides=["experiment=none", "report=none",
                                            f"model={model}", f"stage={stage}"])
 
 

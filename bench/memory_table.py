@@ -1,7 +1,9 @@
 """Per-GPU memory of LLaVA-1.5 finetuning under each strategy, from the presets' real architectures.
 
-    python bench/memory_table.py                       # LLaVA-1.5-7B and -13B, stage finetune, 8 GPUs
-    python bench/memory_table.py --gpus 4 --stage finetune_lora
+    python -m bench.memory_table                       # LLaVA-1.5-7B and -13B, stage finetune, 8 GPUs
+    python -m bench.memory_table --gpus 4 --stage finetune_lora
+
+from the checkout, with llava_pl installed.
 
 Each preset is built on the meta device from the carried configs (``llava_pl/presets/hub``, no download), the
 stage freezes what it freezes, and ``llava_pl.metrics.memory`` turns the parameter counts into the model states
@@ -14,14 +16,13 @@ import argparse
 
 from hydra import compose, initialize_config_dir
 
+from llava_pl.config_dir import CONF_DIR
 from llava_pl.metrics.memory import (GIB, checkpointed_activations, count_parameters, format_table, memory_rows,
                                      offload_host_bytes)
 from llava_pl.model.build import build_empty_model
 from llava_pl.module import set_trainable
 from llava_pl.resolvers import register_resolvers
 from llava_pl.train import selected_stages
-
-from llava_pl.config_dir import CONF_DIR  # noqa: E402
 
 
 def preset_table(model: str, stage_name: str, gpus: int) -> str:

@@ -1,8 +1,10 @@
 """Host memory of building a model under ``strategy=fsdp``: whole then sharded (``strategy.build_sharded=false``)
 against the sharded build (pretrained weights read shard by shard after sharding), on 2 CPU processes (gloo).
 
-    OMP_NUM_THREADS=1 python bench/sharded_build.py                             # float32 checkpoint, ~2 min
-    OMP_NUM_THREADS=1 python bench/sharded_build.py --checkpoint-dtype bfloat16  # a 16-bit checkpoint, cast up
+    OMP_NUM_THREADS=1 python -m bench.sharded_build                             # float32 checkpoint, ~2 min
+    OMP_NUM_THREADS=1 python -m bench.sharded_build --checkpoint-dtype bfloat16  # a 16-bit checkpoint, cast up
+
+from the checkout, with llava_pl installed.
 
 It writes a ~1.06B-parameter Llama-architecture LLM with random weights as a sharded safetensors checkpoint (as on
 the hub) to a temporary folder, then per build starts 2 processes that each build the LLaVA model (this LLM in
@@ -22,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llava_pl.config_dir import CONF_DIR as CONF
 
-from llava_pl.config_dir import CONF_DIR as CONF  # noqa: E402
 LLAMA_BLOCK = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
 LLAMA_1B = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 18,
             "num_attention_heads": 16, "num_key_value_heads": 16, "tie_word_embeddings": False}

@@ -24,6 +24,7 @@ from PIL import Image
 
 from llava_pl.chat_engine import ChatInputError, ChatModel, Conversation, Sampling, open_image
 from llava_pl.cli import require_keys
+from llava_pl.config_dir import CONF_DIR
 from llava_pl.errors import ConfigError, reports_user_errors
 
 HELP = """Commands: /image PATH (a new conversation about another image), /reset (forget the conversation),
@@ -131,7 +132,7 @@ def chat(cfg: DictConfig) -> None:
     session.run()
 
 
-@hydra.main(version_base="1.3", config_path="conf/chat", config_name="chat")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "chat"), config_name="chat")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     chat(cfg)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from llava_pl.checkpoint import LoadedModel, load_for_inference
+from llava_pl.checkpoint.load import LoadedModel, load_for_inference
 from llava_pl.constants import IMAGE_PLACEHOLDER
 from llava_pl.data.conversation import Message
 from llava_pl.data.templates import PlainTemplate
@@ -127,7 +127,7 @@ class ChatModel:
     """A loaded model that answers the next question of a ``Conversation``.
 
     Args:
-        loaded: the model, tokenizer, template and image transform (``llava_pl.checkpoint.load_for_inference``).
+        loaded: the model, tokenizer, template and image transform (``llava_pl.checkpoint.load.load_for_inference``).
         system: a system message to open every conversation with; ``None`` keeps the template's default.
     """
 

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from llava_pl.quiet import quiet_libraries
+
 
 class UserError(Exception):
     """Something the user gave is wrong; the message says what, naming the key, file or sample."""
@@ -108,10 +110,12 @@ Function = TypeVar("Function", bound=Callable[..., Any])
 def reports_user_errors(function: Function) -> Function:
     """Decorates a command's entry point: a user error ends the process with ``error: <message>`` on standard
     error and its exit status; other exceptions propagate. Goes under ``@hydra.main`` (Hydra unwraps it to find
-    the config path)."""
+    the config path). Every command starts here, so the known library noise is silenced here too
+    (``llava_pl.quiet``)."""
 
     @functools.wraps(function)
     def entry_point(*args: Any, **kwargs: Any) -> Any:
+        quiet_libraries()
         try:
             return function(*args, **kwargs)
         except Exception as error:

@@ -19,7 +19,7 @@ from llava_pl.data.images import ImageAspect, ImageTransform
 from llava_pl.data.templates import ChatTemplate, Template
 from llava_pl.errors import ConfigError, reports_user_errors
 from llava_pl.export_processor import hf_processor
-from llava_pl.fault.atomic import atomic_path
+from llava_pl.checkpoint.atomic import atomic_path
 from llava_pl.lora import has_lora
 from llava_pl.model.llava import LlavaModel
 from llava_pl.model.projector import HF_LLAVA_LAYERS, INPUT_CENTER, MLPProjector
@@ -180,7 +180,7 @@ USAGE = "python -m llava_pl.export ckpt=PATH out=DIR"
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    from llava_pl.checkpoint import load_for_inference
+    from llava_pl.checkpoint.load import load_for_inference
 
     argv = main_argv(argv)
     answer_help(argv, __doc__ + f"\nusage: {USAGE}")

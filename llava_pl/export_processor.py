@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+import transformers
 from transformers import (
     BaseImageProcessor,
-    LlavaImageProcessor,
     LlavaImageProcessorPil,
     LlavaProcessor,
     PreTrainedTokenizerBase,
@@ -67,7 +67,8 @@ def hf_image_processor(transform: ImageTransform) -> BaseImageProcessor:
     steps = ASPECT_STEPS.get(transform.aspect)
     if steps is None:
         raise ValueError(f"no Hugging Face image processor is known for the image aspect {transform.aspect!r}")
-    kind = LlavaImageProcessorPil if isinstance(transform.processor, PilBackend) else LlavaImageProcessor
+    # looked up only for a torchvision encoder processor: without torchvision the name warns and falls back to PIL
+    kind = LlavaImageProcessorPil if isinstance(transform.processor, PilBackend) else transformers.LlavaImageProcessor
     return kind(**steps(transform.processor))
 
 

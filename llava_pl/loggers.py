@@ -14,7 +14,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from llava_pl.errors import ConfigError
-from llava_pl.fault.atomic import atomic_path
+from llava_pl.checkpoint.atomic import atomic_path
 from llava_pl.provenance import git_state
 
 

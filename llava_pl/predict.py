@@ -53,7 +53,7 @@ def read_questions(args: dict[str, Any]) -> tuple[list[dict[str, Any]], Path]:
 
 
 def predict(args: dict[str, Any]) -> list[dict[str, Any]]:
-    from llava_pl.checkpoint import load_for_inference
+    from llava_pl.checkpoint.load import load_for_inference
     from llava_pl.generate import Answerer
 
     records, folder = read_questions(args)

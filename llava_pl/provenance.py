@@ -22,7 +22,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from llava_pl.fault.atomic import atomic_path
+from llava_pl.checkpoint.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 RUN_INFO = "run_info.json"

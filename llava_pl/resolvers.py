@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def best_precision() -> str:
@@ -28,8 +28,20 @@ def package_dir(package: str, install: str) -> str:
     return str(spec.submodule_search_locations[0])
 
 
+def under_data_root(relative: str, *, _root_: DictConfig) -> str | None:
+    """``<data.root>/<relative>`` (``data.root`` itself for ""), or null while ``data.root`` is not set: a data
+    preset laid out under one root (``conf/data/llava-1.5.yaml``) then leaves the sets of stages that do not run
+    harmless, and ``llava_pl.validate`` names ``data.root`` for those that do."""
+    root = OmegaConf.select(_root_, "data.root", throw_on_missing=False)
+    if root is None:
+        return None
+    return f"{str(root).rstrip('/')}/{relative}" if relative else str(root)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("best_precision"):
         OmegaConf.register_new_resolver("best_precision", best_precision)
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", package_dir)
+    if not OmegaConf.has_resolver("under_data_root"):
+        OmegaConf.register_new_resolver("under_data_root", under_data_root)

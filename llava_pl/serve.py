@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from llava_pl.chat_engine import ChatInputError, ChatModel, Conversation, Sampling, open_image
 from llava_pl.cli import require_keys
+from llava_pl.config_dir import CONF_DIR
 from llava_pl.errors import ConfigError, UserError, reports_user_errors
 
 
@@ -180,7 +181,7 @@ def serve(cfg: DictConfig) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="conf/chat", config_name="serve")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "chat"), config_name="serve")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     serve(cfg)

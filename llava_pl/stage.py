@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from llava_pl.data.images import IMAGE_ASPECTS, ImageAspect
+from llava_pl.common.images import IMAGE_ASPECTS, ImageAspect
 from llava_pl.errors import ConfigError
-from llava_pl.model.loss import LOSS_AVERAGES, LossAverage
 
 Part = Literal["vision", "projector", "llm"]
 PARTS: tuple[Part, ...] = ("vision", "projector", "llm")
+LossAverage = Literal["token", "sample"]
+LOSS_AVERAGES: tuple[str, ...] = get_args(LossAverage)
 
 
 @dataclass

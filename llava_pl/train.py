@@ -16,19 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from llava_pl.callbacks.monitor import monitor_callbacks
-from llava_pl.checkpoint import model_from_checkpoint
+from llava_pl.checkpoint.atomic import remove_partial_files
+from llava_pl.checkpoint.lightning_io import AtomicCheckpointIO
+from llava_pl.checkpoint.load import model_from_checkpoint
+from llava_pl.checkpoint.projector_file import PROJECTOR_FILE, save_projector
+from llava_pl.checkpoint.resize import ResumeOnAnyWorldSize
+from llava_pl.checkpoint.resume import resume_plan, stage_checkpoint
+from llava_pl.checkpoint.sharded import load_checkpoint
+from llava_pl.checkpoint.unshard import unsharded_model
 from llava_pl.data.counts import DataCounts
 from llava_pl.data.options import data_options, datamodule_class, stage_image_aspect
 from llava_pl.data.images import ImageTransform
-from llava_pl.distributed.checkpoint_io import ShardAwareCheckpointIO
-from llava_pl.distributed.consolidate import load_checkpoint
-from llava_pl.distributed.resize import ResumeOnAnyWorldSize
 from llava_pl.distributed.sharding import builds_sharded
-from llava_pl.distributed.unshard import unsharded_model
 from llava_pl.errors import ConfigError
+from llava_pl.eval.at_end import evaluate_at_end
 from llava_pl.eval.callback import eval_callbacks
 from llava_pl.eval.processes import Processes
-from llava_pl.fault.atomic import remove_partial_files
+from llava_pl.eval.runner import flat_metrics
 from llava_pl.fault.callbacks import fault_callbacks
 from llava_pl.fault.config import FaultConfig
 from llava_pl.fault.memory import explain_out_of_memory
@@ -40,8 +44,8 @@ from llava_pl.model.pretrained_weights import PretrainedWeights, deferred_weight
 from llava_pl.model.varlen_attention import use_varlen_attention
 from llava_pl.module import LlavaModule
 from llava_pl.precision import apply_tf32
-from llava_pl.projector_io import PROJECTOR_FILE, save_projector
 from llava_pl.provenance import record_run
+from llava_pl.quiet import quiet_libraries
 from llava_pl.resolvers import register_resolvers
 from llava_pl.stage import StageConfig
 from llava_pl.validate import validate_config
@@ -74,37 +78,6 @@ def selected_stages(cfg: DictConfig) -> list[StageConfig]:
 def build_loggers(logger_cfg: DictConfig | None, version: str) -> list[Logger]:
     # a scalar entry is a setting the group shares (wandb's `logger.mode`), not a logger
     return [instantiate(entry, version=version) for entry in (logger_cfg or {}).values() if OmegaConf.is_dict(entry)]
-
-
-def stage_checkpoint(run_dir: Path, stage: StageConfig) -> Path:
-    return run_dir / stage.name / "checkpoints" / "last.ckpt"
-
-
-def stage_is_complete(run_dir: Path, stage: StageConfig) -> bool:
-    """The projector file is written last, after the stage's final checkpoint."""
-    return (run_dir / stage.name / PROJECTOR_FILE).is_file() and stage_checkpoint(run_dir, stage).exists()
-
-
-def resume_plan(ckpt_path: str | None, stages: list[StageConfig], run_dir: Path) -> list[tuple[StageConfig, str | None]]:
-    """Which stages still run, and the checkpoint each resumes from.
-
-    ``ckpt_path=last`` (with ``hydra.run.dir`` set to the interrupted run's folder) skips the stages that
-    completed and resumes the first unfinished one from its ``last.ckpt``; a path resumes the first
-    selected stage from that file.
-    """
-    if ckpt_path is None:
-        return [(stage, None) for stage in stages]
-    if ckpt_path != "last":
-        if not Path(ckpt_path).exists():  # a file, or a sharded checkpoint's folder
-            raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-        return [(stage, ckpt_path if index == 0 else None) for index, stage in enumerate(stages)]
-    plan = []
-    for stage in stages:
-        if stage_is_complete(run_dir, stage):
-            continue
-        last = stage_checkpoint(run_dir, stage)
-        plan.append((stage, str(last) if last.exists() and not plan else None))
-    return plan
 
 
 def fit_stage(
@@ -155,19 +128,21 @@ def fit_stage(
         strategy=instantiate(cfg.strategy),
         logger=loggers or False,
         callbacks=[*monitors, *extra_callbacks, checkpoint],
-        plugins=[ShardAwareCheckpointIO()],  # atomic saves (last.ckpt included); reads sharded checkpoints too
+        plugins=[AtomicCheckpointIO()],  # atomic saves (last.ckpt included); reads sharded checkpoints too
         default_root_dir=str(stage_dir),
         max_epochs=stage.epochs,
         max_steps=stage.max_steps,
         gradient_clip_val=stage.gradient_clip_val,
         **({"val_check_interval": stage.val_check_interval} if stage.val_check_interval else {}),
+        # no validation set: no validation loop (not one over an empty list, which Lightning warns about)
+        **({} if cfg.data.sets[stage.dataset].get("val") else {"limit_val_batches": 0}),
     )
     trainer.accumulate_grad_batches = stage.accumulation(trainer.world_size)
     if trainer.is_global_zero:
         remove_partial_files(stage_dir / "checkpoints")  # leftovers of saves killed part-way
     with explain_out_of_memory(stage, trainer):
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    trainer.save_checkpoint(stage_checkpoint(run_dir, stage))
+    trainer.save_checkpoint(stage_checkpoint(run_dir, stage), weights_only=False)  # a full checkpoint, resumable
     module.model = unsharded_model(trainer, model, cfg.model, tokenizer, stage_checkpoint(run_dir, stage))
     if trainer.is_global_zero:
         save_projector(module.model.projector, stage_dir / PROJECTOR_FILE)
@@ -176,16 +151,15 @@ def fit_stage(
 
 def evaluate(cfg: DictConfig, model: LlavaModel, tokenizer: PreTrainedTokenizerBase, run_dir: Path,
              image_aspect: str) -> dict:
-    """On every process (each answers its share of the questions); every one returns the results, rank 0
-    logs them."""
-    evaluation = instantiate(cfg.evaluation)
+    """The tasks of ``tasks`` (``eval.at_end``) on every process, each answering its share of the questions, into
+    ``run_dir/eval``; every one returns ``{task: metrics}``, rank 0 logs them as ``eval/<task>/<metric>``."""
     template = instantiate(cfg.model.llm.template)
     transform = ImageTransform(model.vision.image_processor, image_aspect)
-    processes = Processes.current()
-    results = evaluation(model, tokenizer, template, transform, run_dir, processes=processes)
-    if not processes.is_main:
+    results = evaluate_at_end(cfg, model, tokenizer, template, transform, run_dir / "eval")
+    if not results or not Processes.current().is_main:
         return results
-    metrics = {f"eval/{kind}/{key}": value for kind, row in results.items() for key, value in row.items()}
+    metrics = {key: value for name, task_metrics in results.items()
+               for key, value in flat_metrics(f"eval/{name}", task_metrics).items()}
     loggers = build_loggers(cfg.get("logger"), "eval")
     log_run_config(loggers, cfg)
     for logger in loggers:
@@ -200,6 +174,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     The config is checked before anything is built. ``faults.stop_signals`` stop the run gracefully: a checkpoint
     at the next step boundary, then ``TrainingPreempted`` (exit status ``faults.requeue_exit_code``).
     """
+    quiet_libraries()
     stages = selected_stages(cfg)
     faults = validate_config(cfg, stages)
     with stop_signals(faults) as stop:
@@ -237,11 +212,7 @@ def train_and_evaluate(cfg: DictConfig, stages: list[StageConfig], stop: StopReq
                           pretrained if index == 0 else None).lightning_module.model
     stop.raise_if_requested()
     last_aspect = stage_image_aspect(cfg.data, stages[-1])  # the model is evaluated as its last stage saw images
-    results = (evaluate(cfg, model, tokenizer, run_dir, last_aspect) or {}) if cfg.get("evaluation") else {}
-    if results and Processes.current().is_main:
-        from llava_pl.eval.shapes import format_table
-
-        print(format_table(results))
+    results = evaluate(cfg, model, tokenizer, run_dir, last_aspect)
     draw_report(cfg)
     return results
 

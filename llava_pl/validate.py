@@ -8,11 +8,15 @@ this far: Hydra refuses to compose it, naming the group and listing its options.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
+
+from llava_pl.config_dir import CONF_DIR
 
 from llava_pl.data.images import IMAGE_ASPECTS
 from llava_pl.errors import ConfigError  # the config cannot train; the message lists every problem with its key
@@ -122,6 +126,75 @@ def _hardware_problems(trainer_cfg: DictConfig) -> Iterator[str]:
         yield f"trainer.devices={devices}, but this machine has {available} CUDA GPU(s)"
 
 
+def check_experiment(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
+    """Refuses an experiment run with other presets than those it declares it is tuned for (its ``tuned_for``,
+    e.g. the demo's ``{model: tiny, data: shapes}``), compared with Hydra's runtime choices; the message names
+    the experiment to use instead: the one named like the chosen model preset, else ``experiment=none``."""
+    tuned_for = cfg.get("tuned_for") or {}
+    others = {group: choices.get(group) for group, preset in tuned_for.items() if choices.get(group) != preset}
+    if not others:
+        return
+    matching = [name for name in others.values() if name and (CONF_DIR / "experiment" / f"{name}.yaml").is_file()]
+    use = f"experiment={matching[0]} (or experiment=none)" if matching else "experiment=none (or one of conf/experiment)"
+    tuned = ", ".join(f"{group}={preset}" for group, preset in tuned_for.items())
+    chosen = " ".join(f"{group}={name}" for group, name in others.items())
+    raise ConfigError(f"experiment={choices.get('experiment')} is tuned for {tuned}; with {chosen} use {use}")
+
+
+def _unset(resolve: Callable[[], Any]) -> tuple[str, str] | None:
+    """``(missing key, message)`` when ``resolve`` meets a ``???`` value, directly or through an interpolation."""
+    try:
+        resolve()
+    except InterpolationToMissingValueError as error:
+        found = re.search(r"Missing mandatory value: (\S+)", str(error.msg))
+        key = found.group(1) if found else "a value"
+        return key, f"{key} is not set ({error.full_key} needs it): add {key}=... to the command line"
+    except MissingMandatoryValue as error:
+        return str(error.full_key), f"{error.full_key} is not set: add {error.full_key}=... to the command line"
+    return None
+
+
+def _resolve_all(node: Any) -> None:
+    """Resolves ``node`` for its interpolations to ``???``; other resolution errors are not this check's (e.g.
+    ``${hydra:...}`` where a config was composed outside a Hydra app)."""
+    try:
+        OmegaConf.to_container(node, resolve=True)
+    except InterpolationToMissingValueError:
+        raise
+    except InterpolationResolutionError:
+        pass
+
+
+def _unset_data_problems(data: Any, stages: list[StageConfig]) -> Iterator[str]:
+    """``???`` data values the selected stages read, directly or through an interpolation, and interpolations to
+    one anywhere under ``data`` (the run saves its config resolved); one message per missing key. A selected
+    stage's source left null by ``under_data_root`` (data=llava-1.5 without ``data.root``) names ``data.root``."""
+    if not OmegaConf.is_dict(data):
+        return
+    sets = data.get("sets") or {}
+    names = list(dict.fromkeys(stage.dataset for stage in stages if stage.dataset in sets))
+    checks = [lambda: data.get("image_folder")]
+    checks += [lambda name=name: OmegaConf.to_container(sets[name], resolve=True, throw_on_missing=True)
+               for name in names]
+    checks.append(lambda: _resolve_all(data))
+    reported = set()
+    for check in checks:
+        found = _unset(check)
+        if found is not None and found[0] not in reported:
+            reported.add(found[0])
+            yield found[1]
+    if reported:
+        return
+    root_unset = "root" in data.keys() and OmegaConf.is_missing(data, "root")  # `in data` is false for ???
+    for name in names:
+        train = sets[name].get("train")
+        entries = train if OmegaConf.is_list(train) else [train]
+        if any(entry is None or (OmegaConf.is_dict(entry) and entry.get("path") is None) for entry in entries):
+            yield (f"data.sets.{name}.train needs data.root, which is not set: add data.root=... (or your own "
+                   f"data.sets.{name}.train=... data.image_folder=...)" if root_unset
+                   else f"data.sets.{name}.train is null: add data.sets.{name}.train=...")
+
+
 def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
     """Raises ``ConfigError`` listing every problem found; returns the typed ``faults`` section."""
     problems: list[str] = []
@@ -129,6 +202,7 @@ def validate_config(cfg: DictConfig, stages: list[StageConfig]) -> FaultConfig:
     for stage in stages:
         problems += _batch_problems(stage, world_size)
     problems += _vision_problems(cfg)
+    problems += _unset_data_problems(cfg.get("data"), stages)
     aspect = (cfg.get("data") or {}).get("image_aspect")
     if aspect is not None and aspect not in IMAGE_ASPECTS:
         problems.append(f"data.image_aspect={aspect} must be null (each stage's own) or one of {list(IMAGE_ASPECTS)}")

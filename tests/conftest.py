@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from data.shapes import generate_shapes_dataset
-from data.tokenizer import build_demo_tokenizer
+from llava_pl.demo.dataset import generate_shapes_dataset
+from llava_pl.demo.tokenizer import build_demo_tokenizer
 from llava_pl.resolvers import register_resolvers
 
 from llava_pl.config_dir import CONF_DIR  # noqa: E402

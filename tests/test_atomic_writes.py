@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_pl.fault.atomic import DiskFullError, atomic_path, remove_partial_files
-from llava_pl.projector_io import save_projector
+from llava_pl.checkpoint.atomic import DiskFullError, atomic_path, remove_partial_files
+from llava_pl.checkpoint.projector_file import save_projector
 from llava_pl.train import run
 from tests.conftest import CONF_DIR
 
@@ -21,7 +21,7 @@ from tests.conftest import CONF_DIR
 # torch.save (the unprotected path) and by AtomicCheckpointIO.
 FULL_DISK_SCRIPT = r"""
 import json, resource, signal, sys, torch
-from llava_pl.fault.checkpoint_io import AtomicCheckpointIO
+from llava_pl.checkpoint.lightning_io import AtomicCheckpointIO
 folder = sys.argv[1]
 old, new = {"w": torch.ones(2**17)}, {"w": torch.zeros(2**20)}
 for name in ("plain.ckpt", "atomic.ckpt"):
@@ -49,7 +49,7 @@ def _loads(path: Path) -> dict | None:
 
 
 def test_full_disk_truncates_a_plain_save_but_not_an_atomic_one(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)], cwd=CONF_DIR.parent,
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(tmp_path)], cwd=CONF_DIR.parents[1],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     errors = json.loads(result.stdout.strip().splitlines()[-1])
@@ -88,7 +88,7 @@ def test_projector_write_that_fails_keeps_the_previous_file(tmp_path, monkeypatc
         Path(filename).write_bytes(b"\0" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("llava_pl.projector_io.save_file", disk_full)
+    monkeypatch.setattr("llava_pl.checkpoint.projector_file.save_file", disk_full)
     with torch.no_grad():
         projector[0].weight.zero_()
     with pytest.raises(DiskFullError, match=r"out of disk space writing .*projector\.safetensors"):
@@ -129,7 +129,7 @@ def test_leftovers_of_killed_writes_are_swept(tmp_path) -> None:
 
 def test_out_of_disk_during_training_names_the_checkpoint_and_keeps_the_last_one(compose_config, tmp_path,
                                                                                  monkeypatch) -> None:
-    cfg = compose_config("stage=finetune", "evaluation=none", "stage.finetune.max_steps=4",
+    cfg = compose_config("stage=finetune", "tasks=[]", "stage.finetune.max_steps=4",
                          "stage.finetune.micro_batch_size=8", "stage.finetune.global_batch_size=8",
                          "checkpoint.every_n_train_steps=2")
     real_save = torch.save

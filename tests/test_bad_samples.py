@@ -196,7 +196,7 @@ def test_every_skipped_sample_reaches_the_logs_in_a_run_shorter_than_a_logging_i
     path = write_dataset(folder, records)
     (folder / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     # 8 records drawn per epoch (the too-long one never): one optimizer step each, the corrupt image met every time
-    cfg = compose_config("stage=finetune", "evaluation=none", "report=none", "data=llava", "data.on_bad_sample=skip",
+    cfg = compose_config("stage=finetune", "tasks=[]", "report=none", "data=llava", "data.on_bad_sample=skip",
                          f"data.image_folder={folder}", f"data.sets.finetune.train={path}",
                          "stage.finetune.max_length=256", "stage.finetune.micro_batch_size=4",
                          "stage.finetune.global_batch_size=8", "stage.finetune.epochs=3", "stage.finetune.max_steps=3",

@@ -147,7 +147,7 @@ def test_terminal_chat_in_a_pseudo_terminal(data_dir: Path, tmp_path: Path) -> N
     session = pexpect.spawn(
         sys.executable,
         ["-m", "llava_pl.chat", f"model={checkpoint}", f"image={picture}", "temperature=0", "max_new_tokens=8"],
-        cwd=str(CONF_DIR.parent), env=env, encoding="utf-8", timeout=60, dimensions=(40, 200),
+        cwd=str(CONF_DIR.parents[1]), env=env, encoding="utf-8", timeout=60, dimensions=(40, 200),
     )
     session.logfile_read = (tmp_path / "transcript.txt").open("w")
 

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from llava_pl.model.build import build_model
 from llava_pl.module import LlavaModule
 from llava_pl.optim import parameter_groups
-from llava_pl.projector_io import load_projector, save_projector
+from llava_pl.checkpoint.projector_file import load_projector, save_projector
 from llava_pl.train import run, selected_stages
 
 
@@ -86,7 +86,7 @@ def _logged_losses(run_dir: Path, stage: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_resume_mid_epoch_logs_the_same_losses(compose_config, tmp_path) -> None:
     common = [
-        "stage=finetune", "evaluation=none", "stage.finetune.max_steps=9", "stage.finetune.epochs=2",
+        "stage=finetune", "tasks=[]", "stage.finetune.max_steps=9", "stage.finetune.epochs=2",
         "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=8",  # accumulation 2
         "checkpoint.every_n_train_steps=1",
     ]

@@ -20,13 +20,13 @@ from tests.data_helpers import mixed_records, write_dataset
 KEY_VALUE_COMMANDS = {  # module: (the usage's start, arguments ending in a misspelt key)
     "llava_pl.predict": ("python -m llava_pl.predict model=PATH", ["model=m.ckpt", "imag=cat.png"]),
     "llava_pl.export": ("python -m llava_pl.export ckpt=PATH", ["ckpt=m.ckpt", "outt=folder"]),
-    "llava_pl.data.to_wds": ("python -m llava_pl.data.to_wds in=FILE.json", ["in=x.json", "out=o", "image=folder"]),
+    "llava_pl.to_wds": ("python -m llava_pl.to_wds in=FILE.json", ["in=x.json", "out=o", "image=folder"]),
 }
 HYDRA_COMMANDS = {  # module: the usage's start (the config's hydra.help.header)
-    "llava_pl.evaluate": "python -m llava_pl.evaluate model=PATH task=NAME",
+    "llava_pl.evaluate": "python -m llava_pl.evaluate model=PATH tasks=[pope,mme]",
     "llava_pl.chat": "python -m llava_pl.chat model=PATH",
     "llava_pl.serve": "python -m llava_pl.serve model=PATH",
-    "llava_pl.data.make_instruct": "python -m llava_pl.data.make_instruct in=FILE.jsonl",
+    "llava_pl.make_instruct": "python -m llava_pl.make_instruct in=FILE.jsonl",
 }
 
 
@@ -86,7 +86,7 @@ def test_key_value_commands_answer_help_and_refuse_unknown_keys_before_loading(m
     with pytest.raises(SystemExit) as stopped:
         main(["--help"])
     assert stopped.value.code == 0 and usage in capsys.readouterr().out
-    monkeypatch.setattr("llava_pl.checkpoint.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("llava_pl.checkpoint.load.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     err = capsys.readouterr().err
@@ -96,7 +96,7 @@ def test_key_value_commands_answer_help_and_refuse_unknown_keys_before_loading(m
 
 
 def test_inspector_answers_help_and_refuses_unknown_keys_before_building(monkeypatch, capsys) -> None:
-    from llava_pl.data import inspect
+    from llava_pl import inspect
 
     with pytest.raises(SystemExit) as stopped:
         inspect.main(["--help"])
@@ -112,7 +112,7 @@ def test_inspector_answers_help_and_refuses_unknown_keys_before_building(monkeyp
 def test_predict_refuses_values_and_missing_inputs_before_loading(monkeypatch, capsys, tmp_path) -> None:
     from llava_pl import predict
 
-    monkeypatch.setattr("llava_pl.checkpoint.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("llava_pl.checkpoint.load.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
     cases = {
         ("model=m", "image=a.png", "prompt=hi", "max_new_tokens=many"): (2, "error: max_new_tokens: invalid literal"),
         ("model=m", "prompt=hi"): (2, "error: give questions=FILE, or image=IMG and prompt=TEXT"),
@@ -149,7 +149,7 @@ def hydra_main(monkeypatch, tmp_path):
 def test_hydra_commands_answer_help_and_refuse_unknown_keys(module, hydra_main, monkeypatch, capsys) -> None:
     assert hydra_main(module, "--help") == 0
     assert HYDRA_COMMANDS[module] in capsys.readouterr().out
-    monkeypatch.setattr("llava_pl.checkpoint.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("llava_pl.checkpoint.load.load_for_inference", lambda *a, **k: pytest.fail("model loaded"))
     assert hydra_main(module, "imag=cat.png") == 1
     assert "Could not override 'imag'" in capsys.readouterr().err
 
@@ -157,7 +157,7 @@ def test_hydra_commands_answer_help_and_refuse_unknown_keys(module, hydra_main, 
 def test_hydra_commands_name_a_missing_mandatory_key(hydra_main, capsys) -> None:
     assert hydra_main("llava_pl.chat") == 2
     assert capsys.readouterr().err.startswith("error: missing model=\nusage: python -m llava_pl.chat model=PATH")
-    assert hydra_main("llava_pl.data.make_instruct", "out=x.json", "hydra/job_logging=none",
+    assert hydra_main("llava_pl.make_instruct", "out=x.json", "hydra/job_logging=none",
                       "hydra/hydra_logging=none") == 2
     assert capsys.readouterr().err.startswith("error: missing in=\n")
 
@@ -170,10 +170,10 @@ def test_train_py_reports_a_bad_sample_from_a_loader_worker_in_one_line(data_dir
     run_dir = tmp_path / "run"
     overrides = [o for o in small_overrides(data_dir, run_dir, shapes=False) if not o.startswith("run_dir=")]
     command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", "stage=finetune", "data=llava",
-               f"data.image_folder={folder}", f"data.sets.finetune.train={path}", "data.on_bad_sample=error",
-               "data.num_workers=1", "evaluation=none", "report=none", "monitor=none", "stage.finetune.micro_batch_size=4",
+               "experiment=none", f"data.image_folder={folder}", f"data.sets.finetune.train={path}", "data.on_bad_sample=error",
+               "data.num_workers=1", "tasks=[]", "report=none", "monitor=none", "stage.finetune.micro_batch_size=4",
                "stage.finetune.global_batch_size=4", "stage.finetune.max_steps=1"]
-    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     expected = f"error: {path}: sample {records[0]['id']}: image does not decode: {folder / records[0]['image']}"
     assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]

@@ -22,17 +22,20 @@ from llava_pl.model.vision import VisionEncoder
 from llava_pl.presets.carried import carried_folder
 from llava_pl.stage import StageConfig
 from llava_pl.model.build import build_empty_model, build_model
+from llava_pl.eval.task import Task
+from llava_pl.eval.task_config import instantiate_tasks
 from llava_pl.train import build_loggers, selected_stages
 from tests.conftest import CONF_DIR, skip_unless_installed
 from tests.eval_benchmarks import write_benchmarks
 
 
 def options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    folder = CONF_DIR / "eval" / "tasks" if group == "tasks" else CONF_DIR / group  # on train.yaml's search path
+    return sorted(path.stem for path in folder.glob("*.yaml"))
 
 
 GROUPS = ["stage", "model", "model/vision", "model/llm", "model/projector", "data", "strategy", "logger",
-          "trainer", "evaluation", "experiment", "monitor", "peak_flops", "report"]
+          "trainer", "tasks", "experiment", "monitor", "peak_flops", "report"]
 ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
@@ -55,8 +58,24 @@ def saved_backbones(tmp_path_factory, data_dir: Path, saved_llava: Path) -> dict
     return {"clip": root / "clip", "llm": root / "llm", "llava": saved_llava}
 
 
+REAL_EXPERIMENTS = {"llava-1.5-7b", "llava-1.5-13b", "llava-1.5-7b-lora", "siglip-qwen2.5-7b"}  # data=llava-1.5
+
+
+def llava_layout(data_dir: Path) -> Path:
+    """The small shapes data in LLaVA's playground/data layout (conf/data/llava-1.5.yaml), as links."""
+    root, shapes = data_dir / "playground", data_dir / "shapes"
+    if not root.is_dir():
+        (root / "LLaVA-Pretrain").mkdir(parents=True)
+        (root / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json").symlink_to(shapes / "captions_train.json")
+        (root / "LLaVA-Pretrain" / "images").symlink_to(shapes / "images")
+        (root / "llava_v1_5_mix665k.json").symlink_to(shapes / "instruct_train.json")
+    return root
+
+
 def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir: Path) -> list[str]:
-    extra = [f"{group}={option}"]
+    extra = [f"tasks=[{option}]"] if group == "tasks" else [f"{group}={option}"]  # a multi-select group
+    if group == "tasks":  # the benchmarks' files, drawn small
+        extra.append(f"paths.eval_data={write_benchmarks(data_dir / 'eval_data')}")
     if (group, option) == ("model", "llava_hf"):
         extra.append(f"model.name_or_path={backbones['llava']}")
     if (group, option) == ("model/vision", "pretrained"):
@@ -68,7 +87,7 @@ def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir:
         extra += [f"data.image_folder={shapes}/images", f"data.sets.align.train={shapes}/captions_train.json",
                   f"data.sets.finetune.train={shapes}/instruct_train.json"]
     if (group, option) == ("data", "wds"):  # shards converted from the small shapes data
-        from llava_pl.data.to_wds import convert
+        from llava_pl.to_wds import convert
 
         shapes = data_dir / "shapes"
         for name in ("captions_train", "instruct_train"):
@@ -76,6 +95,8 @@ def overrides_for(group: str, option: str, backbones: dict[str, Path], data_dir:
                 convert(shapes / f"{name}.json", shapes / "images", data_dir / "shards" / name, progress=False)
         extra += [f"data.sets.align.train={data_dir}/shards/captions_train",
                   f"data.sets.finetune.train={data_dir}/shards/instruct_train"]
+    if (group, option) == ("data", "llava-1.5") or (group == "experiment" and option in REAL_EXPERIMENTS):
+        extra.append(f"data.root={llava_layout(data_dir)}")
     if (group, option) == ("data", "scienceqa"):  # ScienceQA's files, drawn small
         extra.append(f"data.root={write_benchmarks(data_dir / 'eval_data') / 'scienceqa'}")
     if (group, option) == ("logger", "wandb"):
@@ -96,7 +117,8 @@ def names_real_backbone(node: object) -> bool:
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_option_composes_and_instantiates(group, option, compose_config, saved_backbones, data_dir) -> None:
-    own_data = (group, option) in {("data", "llava"), ("data", "scienceqa"), ("data", "wds")}
+    own_data = (group, option) in {("data", "llava"), ("data", "llava-1.5"), ("data", "scienceqa"), ("data", "wds")} \
+        or (group == "experiment" and option in REAL_EXPERIMENTS)
     cfg = compose_config(*overrides_for(group, option, saved_backbones, data_dir), shapes=not own_data)
     if "gguf_file" in cfg.model.llm:  # the LLM comes from a wheel (README's test command installs it)
         skip_unless_installed()
@@ -135,7 +157,9 @@ def test_option_composes_and_instantiates(group, option, compose_config, saved_b
         for name in cfg.data.sets:  # align and finetune; finetune only for ScienceQA
             module = datamodule_class(cfg.data)(**cfg.data.sets[name], image_folder=cfg.data.image_folder,
                                                 **data_options(cfg.data))
-            assert isinstance(module, LlavaDataModule) and Path(module.train_path).exists()
+            assert isinstance(module, LlavaDataModule)
+            assert all(Path(source.path).exists() for source in module.sources)
+            assert all(Path(source.image_folder).is_dir() for source in module.sources if source.image_folder)
     elif group == "strategy":
         if option.startswith("deepspeed"):  # Lightning refuses to build DeepSpeedStrategy without the package
             skip_unless_installed(("deepspeed",), "DS_BUILD_OPS=0 pip install 'deepspeed>=0.19,<0.20'")
@@ -148,9 +172,10 @@ def test_option_composes_and_instantiates(group, option, compose_config, saved_b
     elif group == "trainer":
         trainer = instantiate(cfg.trainer, logger=False)
         assert isinstance(trainer, L.Trainer)
-    elif group == "evaluation":
-        evaluation = instantiate(cfg.evaluation) if cfg.evaluation else None
-        assert (evaluation is None) == (option == "none")
+    elif group == "tasks":
+        tasks = instantiate_tasks(cfg.tasks)
+        assert tasks and all(name.split("/")[0] == option for name in tasks)
+        assert all(isinstance(task, Task) and task.samples() for task in tasks.values())
     elif group == "monitor":
         callbacks = monitor_callbacks(cfg.monitor, progress_bar=True)
         assert all(isinstance(callback, L.Callback) for callback in callbacks)

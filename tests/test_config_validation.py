@@ -73,7 +73,7 @@ def test_every_problem_is_listed_at_once(compose_config, nothing_built) -> None:
 def test_a_stage_that_would_make_no_optimizer_step_stops_before_training(compose_config) -> None:
     # the small data's captions are fewer than one micro-batch of 64: Lightning would "train" 0 steps and the
     # untrained projector would be handed on as align's
-    cfg = compose_config("stage=align", "evaluation=none", "report=none", "stage.align.global_batch_size=256",
+    cfg = compose_config("stage=align", "tasks=[]", "report=none", "stage.align.global_batch_size=256",
                          "stage.align.micro_batch_size=64")
     with pytest.raises(ConfigError, match=r"stage align would make 0 optimizer steps: its data gives (\d+) training "
                                           r"sample\(s\) per epoch, fewer than one micro-batch of "

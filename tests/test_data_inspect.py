@@ -7,7 +7,7 @@ import re
 
 from PIL import Image
 
-from llava_pl.data.inspect import main
+from llava_pl.inspect import main
 from tests.conftest import small_overrides
 from tests.data_helpers import mixed_records, record, write_dataset
 

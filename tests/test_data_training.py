@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llava_pl.data.to_wds import convert
+from llava_pl.to_wds import convert
 from llava_pl.train import run
 from tests.data_helpers import record, write_dataset
 
-COMMON = ["stage=finetune", "evaluation=none", "report=none", "stage.finetune.max_steps=3",
+COMMON = ["stage=finetune", "tasks=[]", "report=none", "stage.finetune.max_steps=3",
           "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=8", "data.on_bad_sample=skip"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llava_pl.distributed.consolidate import is_deepspeed_checkpoint
+from llava_pl.checkpoint.sharded import is_deepspeed_checkpoint
 from llava_pl.train import run
 from tests.test_scaling_equivalence import STEPS, recorder, step_losses
 
@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 OVERRIDES = [
-    "stage=[align,finetune]", "evaluation=none", "report=none", "monitor=none", "logger=none",
+    "stage=[align,finetune]", "tasks=[]", "report=none", "monitor=none", "logger=none",
     *(f"stage.{name}.{key}={value}" for name in ("align", "finetune")
       for key, value in (("micro_batch_size", 1), ("global_batch_size", 4), ("max_steps", STEPS), ("max_length", 96))),
     "trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=32-true",
@@ -47,7 +47,7 @@ def test_zero2_and_zero3_train_as_without_deepspeed_and_export(compose_config, t
             assert loss == pytest.approx(expected[key], rel=1e-3), (strategy, key)
         assert is_deepspeed_checkpoint(run_dir / "finetune" / "checkpoints" / "last.ckpt")
         assert (run_dir / "finetune" / "projector.safetensors").is_file()
-    from llava_pl.checkpoint import load_for_inference
+    from llava_pl.checkpoint.load import load_for_inference
     from llava_pl.export import export
 
     loaded = load_for_inference(tmp_path / "deepspeed_zero3" / "finetune" / "checkpoints" / "last.ckpt")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from llava_pl.checkpoint import model_from_checkpoint
+from llava_pl.checkpoint.load import model_from_checkpoint
 from llava_pl.constants import IMAGE_TOKEN_ID
 from llava_pl.model.architecture import architecture_only, is_architecture_only
 from llava_pl.model.build import build_empty_model, build_model, materialize
@@ -94,14 +94,14 @@ def test_resumed_run_restores_completed_stages_from_their_checkpoint(compose_con
         return [f"stage.{stage}.{key}={value}" for key, value in
                 (("max_steps", 2), ("warmup_ratio", 0), ("micro_batch_size", 8), ("global_batch_size", 8))]
 
-    run(compose_config("stage=align", "evaluation=none", *small("align")))
+    run(compose_config("stage=align", "tasks=[]", *small("align")))
     run_dir = Path(compose_config().run_dir)
     align_checkpoint = run_dir / "align" / "checkpoints" / "last.ckpt"
     aligned = torch.load(align_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     written = align_checkpoint.stat().st_mtime_ns
 
     # finetune trains only the LLM, so its projector is align's exactly if align's checkpoint was restored
-    run(compose_config("stage=[align,finetune]", "ckpt_path=last", "evaluation=none", *small("align"),
+    run(compose_config("stage=[align,finetune]", "ckpt_path=last", "tasks=[]", *small("align"),
                        *small("finetune"), "stage.finetune.trains=[llm]"))
     assert align_checkpoint.stat().st_mtime_ns == written  # align was complete: it did not run again
     finetuned = torch.load(run_dir / "finetune" / "checkpoints" / "last.ckpt", map_location="cpu",
@@ -110,7 +110,7 @@ def test_resumed_run_restores_completed_stages_from_their_checkpoint(compose_con
     assert projector and all(torch.equal(aligned[key], finetuned[key]) for key in projector)
 
     # control: the same finetune from a fresh model keeps a projector unlike align's
-    run(compose_config("stage=finetune", f"run_dir={tmp_path / 'fresh'}", "evaluation=none", *small("finetune"),
+    run(compose_config("stage=finetune", f"run_dir={tmp_path / 'fresh'}", "tasks=[]", *small("finetune"),
                        "stage.finetune.trains=[llm]"))
     fresh = torch.load(tmp_path / "fresh" / "finetune" / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=False)["state_dict"]

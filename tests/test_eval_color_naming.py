@@ -10,9 +10,9 @@ import pytest
 from hydra.utils import instantiate
 
 from llava_pl.data.templates import PlainTemplate
-from llava_pl.eval.color_naming import ColorNamingEvaluation, Probe
+from llava_pl.demo.color_naming_task import ColorNamingTask, first_color
 from llava_pl.eval.task import TaskDataError
-from llava_pl.eval.tasks.color_naming import ColorNamingTask, first_color
+from llava_pl.eval.task_config import instantiate_tasks
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "black")
 META = [  # image, colours of its shapes
@@ -61,15 +61,33 @@ def test_several_shapes_count_any_colour_of_the_image(tmp_path) -> None:
 
 
 def test_the_config_builds_a_caption_probe_and_a_question_probe(compose_config) -> None:
-    evaluation = instantiate(compose_config("evaluation=color_naming").evaluation)
-    assert isinstance(evaluation, ColorNamingEvaluation)
-    assert list(evaluation.probes) == ["caption", "question"]
-    assert all(isinstance(probe, Probe) for probe in evaluation.probes.values())
-    assert isinstance(evaluation.probes["caption"].template, PlainTemplate)
-    assert evaluation.probes["question"].template is None  # the LLM's own
-    assert evaluation.probes["question"].prompt.startswith("What color is the shape")
+    cfg = compose_config("tasks=[color_naming]")
+    tasks = instantiate_tasks(cfg.tasks)
+    assert list(tasks) == ["color_naming/caption", "color_naming/question"]
+    assert all(isinstance(task, ColorNamingTask) for task in tasks.values())
+    caption, question = tasks.values()
+    align = instantiate(cfg.stage.align.template)  # the demo's: a PlainTemplate closing with <|im_end|>
+    assert isinstance(caption.template, PlainTemplate) and vars(caption.template) == vars(align)
+    assert caption.prompt == ""
+    assert question.template is None  # the LLM's own
+    assert question.prompt.startswith("What color is the shape")
 
 
-def test_an_evaluation_without_probes_is_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="at least one probe"):
-        ColorNamingEvaluation(str(write_meta(tmp_path)), str(tmp_path), probes={})
+def test_without_an_align_stage_the_caption_probe_asks_in_the_models_template(data_dir) -> None:
+    """The evaluation CLI's config has no stage: the caption probe falls back to the model's template."""
+    from hydra import compose, initialize_config_dir
+
+    from llava_pl.config_dir import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR / "eval"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["tasks=[color_naming]", f"paths.data_dir={data_dir}"])
+    assert instantiate_tasks(cfg.tasks)["color_naming/caption"].template is None
+
+
+def test_answers_pair_each_image_with_its_blank_twin(tmp_path) -> None:
+    task = ColorNamingTask(write_meta(tmp_path), tmp_path)
+    (path,) = task.write_outputs(task.samples(), {"test/a": "A red circle.", "test/a/blank": "A blue one."}, tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0] == {"image": "test/a.png", "prompt": "", "colors": ["red"], "prediction": "A red circle.",
+                       "blank_prediction": "A blue one."}
+    assert [row["prediction"] for row in rows[1:]] == ["", ""]

@@ -114,14 +114,14 @@ def _prediction_rows(path: Path) -> list[tuple[str, str]]:
 
 
 def _run_overrides(benchmarks: Path) -> list[str]:
-    """Finetune for 3 steps; the pope task at step 2 on 5 questions (an odd number: over 2 ranks one answers
-    a filler) and the shapes evaluation at the end on 3."""
+    """Finetune for 3 steps; the pope and shapes tasks at step 2 on 5 questions (an odd number: over 2 ranks one
+    answers a filler) and at the end on 3."""
     return ["stage=finetune", "stage.finetune.micro_batch_size=2", "stage.finetune.global_batch_size=4",
             "stage.finetune.max_length=256", "stage.finetune.max_steps=3", "checkpoint.every_n_train_steps=2",
             "stage.finetune.lr=5e-5",  # the answers differ by question (more: all empty; less: all alike)
-            "eval.tasks=[pope]", "eval.every_n_steps=2", "eval.limit=5", "eval.batch_size=2",
+            "tasks=[pope,shapes]", "eval.every_n_steps=2", "eval.limit=5", "eval.batch_size=2",
             "eval.max_new_tokens=8",
-            f"paths.eval_data={benchmarks}", "evaluation.limit=3", "report=none", "monitor=none",
+            f"paths.eval_data={benchmarks}", "eval.end_limit=3", "report=none", "monitor=none",
             "model.center_projector=false"]
 
 
@@ -131,11 +131,12 @@ def _assert_evaluated_as_one_process(run_dir: Path, data_dir: Path, benchmarks: 
     with the saved weights of those steps gives; training went on to step 3."""
     from hydra import compose, initialize_config_dir
 
-    from llava_pl.checkpoint import load_for_inference
-    from llava_pl.distributed.consolidate import load_checkpoint
+    from llava_pl.checkpoint.load import load_for_inference
+    from llava_pl.checkpoint.sharded import load_checkpoint
+    from llava_pl.eval.at_end import evaluate_tasks
+    from llava_pl.eval.processes import Processes
     from llava_pl.eval.runner import Runner
-    from llava_pl.eval.shapes import ShapesEvaluation
-    from llava_pl.eval.task_config import instantiate_tasks, load_task_configs
+    from llava_pl.eval.task_config import selected_tasks
 
     step_dir = run_dir / "finetune" / "eval" / "step_2" / "pope"
     assert not list(step_dir.glob("predictions.rank*.jsonl"))
@@ -148,9 +149,9 @@ def _assert_evaluated_as_one_process(run_dir: Path, data_dir: Path, benchmarks: 
     assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == 3
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", f"paths.eval_data={benchmarks}"])
-    task = instantiate_tasks(load_task_configs(["pope"], cfg))["pope"]
-    task.max_new_tokens = 8
+        cfg = compose("train", overrides=[f"paths.data_dir={data_dir}", f"paths.eval_data={benchmarks}",
+                                          "tasks=[pope,shapes]", "eval.max_new_tokens=8"])
+    task = selected_tasks(cfg)["pope"]
     (step_2,) = checkpoints.glob("*step=2*")
     loaded = load_for_inference(step_2)
     single = Runner(loaded.model.to(device), loaded.tokenizer, loaded.template, loaded.image_transform, batch_size=2)
@@ -160,16 +161,19 @@ def _assert_evaluated_as_one_process(run_dir: Path, data_dir: Path, benchmarks: 
     assert metrics == pytest.approx(one.metrics)
 
     final = load_for_inference(checkpoints / "last.ckpt")  # the run evaluates its final weights on the CPU
-    evaluation = ShapesEvaluation(cfg.evaluation.questions, cfg.evaluation.image_folder, limit=3)
-    expected = evaluation(final.model, final.tokenizer, final.template, final.image_transform, out / "end")
-    assert json.loads((run_dir / "shapes_eval.json").read_text()) == expected
-    end_rows = (run_dir / "shapes_predictions.jsonl").read_text()
-    assert end_rows.count("\n") == 3 and end_rows == (out / "end" / "shapes_predictions.jsonl").read_text()
+    runner = Runner(final.model, final.tokenizer, final.template, final.image_transform, batch_size=64)
+    expected = evaluate_tasks(selected_tasks(cfg), runner, out / "end", limit=3, processes=Processes())
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text()) == expected
+    for name in ("pope", "shapes"):
+        assert _prediction_rows(run_dir / "eval" / name / "predictions.jsonl") == \
+            _prediction_rows(out / "end" / name / "predictions.jsonl")
+    end_rows = (run_dir / "eval" / "shapes" / "answers.jsonl").read_text()
+    assert end_rows.count("\n") == 3 and end_rows == (out / "end" / "shapes" / "answers.jsonl").read_text()
 
 
 @pytest.mark.slow
 def test_fsdp_run_on_two_processes_evaluates_as_one_process_does(data_dir, tmp_path) -> None:
-    """``eval.tasks`` fires mid-run on 2 FSDP2 processes and the end-of-run evaluation runs on both; each
+    """``tasks=[...]`` fire mid-run on 2 FSDP2 processes and the end-of-run evaluation runs on both; each
     scores what one process scores with the same weights."""
     from tests.eval_benchmarks import write_benchmarks
 
@@ -178,7 +182,7 @@ def test_fsdp_run_on_two_processes_evaluates_as_one_process_does(data_dir, tmp_p
     base = [override for override in small_overrides(data_dir, run_dir) if not override.startswith("run_dir=")]
     command = [sys.executable, "train.py", *base, f"hydra.run.dir={run_dir}", *_run_overrides(benchmarks),
                "strategy=fsdp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _assert_evaluated_as_one_process(run_dir, data_dir, benchmarks, tmp_path / "one_process")

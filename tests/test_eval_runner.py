@@ -1,4 +1,4 @@
-"""The task runner end to end: every task of conf/eval/task on a tiny model over benchmark files drawn here,
+"""The task runner end to end: every task of conf/eval/tasks on a tiny model over benchmark files drawn here,
 batched answering, resuming an interrupted run, scoring files without a model, and data-parallel answering."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from llava_pl.checkpoint import LoadedModel, load_for_inference
+from llava_pl.checkpoint.load import LoadedModel, load_for_inference
 from llava_pl.eval.predictions import METRICS_FILE, PREDICTIONS_FILE, PredictionLog, rank_file
 from llava_pl.eval.runner import Processes, Runner, score_file
 from llava_pl.eval.task import Sample, Task
@@ -24,7 +24,10 @@ from llava_pl.generate import Answerer
 from tests.conftest import CONF_DIR, formats_file
 from tests.eval_benchmarks import write_benchmarks
 
-TASKS = ["shapes", "scienceqa_img", "pope", "textvqa", "vqav2", "gqa", "mme"]
+OPTIONS = ["shapes", "color_naming", "scienceqa_img", "pope", "textvqa", "vqav2", "gqa", "mme"]
+# the tasks they make: color_naming asks through two probes, each a task
+TASKS = ["shapes", "color_naming/caption", "color_naming/question", "scienceqa_img", "pope", "textvqa", "vqav2",
+         "gqa", "mme"]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,13 @@ def eval_config(*overrides: str, data_dir: Path, benchmarks: Path, out_dir: Path
 
 def short(tasks: list[str]) -> list[str]:
     """A random model never stops by itself: four new tokens per answer keep the runs short."""
-    return [f"task.{name}.max_new_tokens=4" for name in tasks]
+    return [f"tasks.{name.replace('/', '.')}.max_new_tokens=4" for name in tasks]
 
 
 def test_every_task_option_composes_and_instantiates(data_dir, benchmarks, tmp_path) -> None:
-    assert sorted(TASKS) == task_names()
-    cfg = eval_config(f"task=[{','.join(TASKS)}]", data_dir=data_dir, benchmarks=benchmarks, out_dir=tmp_path)
-    tasks = instantiate_tasks(cfg.task)
+    assert sorted(OPTIONS) == task_names()
+    cfg = eval_config(f"tasks=[{','.join(OPTIONS)}]", data_dir=data_dir, benchmarks=benchmarks, out_dir=tmp_path)
+    tasks = instantiate_tasks(cfg.tasks)
     assert list(tasks) == TASKS and all(isinstance(task, Task) for task in tasks.values())
     for name, task in tasks.items():  # the YAML paths find the files of LLaVA's eval layout
         samples = task.samples()
@@ -63,13 +66,13 @@ def test_every_task_runs_end_to_end(saved_llava, loaded, data_dir, benchmarks, t
     line per question in the task's order, its metrics equal scoring that file afresh, and batched answers
     (left padding, KV cache) equal answering each question alone."""
     out = tmp_path / "out"
-    cfg = eval_config(f"model={saved_llava}", f"task=[{','.join(TASKS)}]", "limit=6", "batch_size=4",
+    cfg = eval_config(f"model={saved_llava}", f"tasks=[{','.join(OPTIONS)}]", "limit=6", "batch_size=4",
                       f"out={tmp_path / 'all.json'}", *short(TASKS), data_dir=data_dir, benchmarks=benchmarks,
                       out_dir=out)
     results = evaluate(cfg)
     assert list(results) == TASKS
     assert json.loads((tmp_path / "all.json").read_text()) == results
-    tasks = instantiate_tasks(cfg.task)
+    tasks = instantiate_tasks(cfg.tasks)
     for name, task in tasks.items():
         samples = task.subset(task.samples(), 6)
         rows = PredictionLog(out / name / PREDICTIONS_FILE).rows()
@@ -78,7 +81,7 @@ def test_every_task_runs_end_to_end(saved_llava, loaded, data_dir, benchmarks, t
         assert json.loads((out / name / METRICS_FILE).read_text()) == results[name]
         rescored = task.score(samples, {row["key"]: row["text"] for row in rows})
         assert rescored == results[name]
-        if name != "shapes":  # limit=6 covers every question of the other tasks' files
+        if not name.startswith(("shapes", "color_naming")):  # limit=6 covers every question of the others' files
             assert score_file(task, out / name / PREDICTIONS_FILE) == results[name]
         answerer = Answerer(loaded.model, loaded.tokenizer, loaded.template, task.max_new_tokens, batch_size=1)
         for sample, row in zip(samples, rows):
@@ -110,9 +113,9 @@ def _runner(loaded: LoadedModel, **kwargs) -> _CountingRunner:
 
 
 def _pope(benchmarks: Path) -> Task:
-    cfg = eval_config("task=pope", "task.pope.max_new_tokens=3", data_dir=benchmarks, benchmarks=benchmarks,
+    cfg = eval_config("tasks=[pope]", "tasks.pope.max_new_tokens=3", data_dir=benchmarks, benchmarks=benchmarks,
                       out_dir=benchmarks)
-    return instantiate_tasks(cfg.task)["pope"]
+    return instantiate_tasks(cfg.tasks)["pope"]
 
 
 def test_interrupted_run_resumes_where_it_stopped(loaded, benchmarks, tmp_path) -> None:
@@ -150,17 +153,17 @@ def test_rank_files_of_an_interrupted_parallel_run_are_folded_in(loaded, benchma
 
 
 def test_cli_scores_llavas_published_answers_without_a_model(tmp_path) -> None:
-    """python -m llava_pl.evaluate task=pope predictions=FILE out=FILE, on LLaVA-1.5-13B's POPE answers: the
+    """python -m llava_pl.evaluate tasks=[pope] predictions=FILE out=FILE, on LLaVA-1.5-13B's POPE answers: the
     printed and written metrics are the hand-computed ones of tests/test_eval_pope.py."""
     formats = formats_file("llava_pope_test.sample.jsonl").parent
     out = tmp_path / "metrics.json"
-    command = [sys.executable, "-m", "llava_pl.evaluate", "task=pope",
+    command = [sys.executable, "-m", "llava_pl.evaluate", "tasks=[pope]",
                f"predictions={formats / 'llava_pope_test.answers.llava-v1.5-13b.sample.jsonl'}", f"out={out}",
-               f"task.pope.questions={formats / 'llava_pope_test.sample.jsonl'}",
-               *(f"task.pope.labels.{split}={formats / f'coco_pope_{split}.sample.json'}"
+               f"tasks.pope.questions={formats / 'llava_pope_test.sample.jsonl'}",
+               *(f"tasks.pope.labels.{split}={formats / f'coco_pope_{split}.sample.json'}"
                  for split in ("adversarial", "popular", "random")),
                f"hydra.run.dir={tmp_path / 'hydra'}"]
-    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(out.read_text())["pope"]
     assert metrics["adversarial/f1"] == pytest.approx(10 / 13) and metrics["random/f1"] == pytest.approx(10 / 11)
@@ -179,11 +182,11 @@ def test_data_parallel_over_two_processes(saved_llava, data_dir, benchmarks, tmp
     """devices=2 on CPU (gloo): each process answers every other question into its rank file, rank 0 merges
     them; the answers equal those of a single process."""
     def run(out: Path, devices: int) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "llava_pl.evaluate", f"model={saved_llava}", "task=[pope,mme]",
+        command = [sys.executable, "-m", "llava_pl.evaluate", f"model={saved_llava}", "tasks=[pope,mme]",
                    f"paths.eval_data={benchmarks}", f"paths.data_dir={data_dir}", f"out_dir={out}",
                    "accelerator=cpu", f"devices={devices}", "batch_size=2", *short(["pope", "mme"]),
                    f"hydra.run.dir={out / 'hydra'}"]
-        return subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300,
+        return subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     single, double = run(tmp_path / "one", 1), run(tmp_path / "two", 2)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llava_pl.eval.shapes import format_table, per_type
-from llava_pl.eval.tasks.shapes import ShapesTask
+from llava_pl.demo.shapes_task import ShapesTask
+from llava_pl.demo.table import format_table, per_type, table_rows
 
 QUESTIONS = [  # question id, type, answer, shapes in the image
     ("q0", "color", "red", 1), ("q1", "color", "red", 2), ("q2", "color", "blue", 3), ("q3", "count", "2", 2),
@@ -56,3 +56,22 @@ def test_questions_without_shape_counts_have_no_several_column(tmp_path) -> None
 def test_limit_keeps_the_first_questions_with_their_blank_twins(task) -> None:
     chosen = task.subset(task.samples(), 2)
     assert [s.key for s in chosen] == ["q0", "q0/blank", "q1", "q1/blank"]
+
+
+def test_summary_is_the_table_and_answers_pair_each_question_with_its_blank_twin(task, tmp_path) -> None:
+    samples = task.subset(task.samples(), 2)
+    answers = {"q0": "red", "q0/blank": "blue", "q1": "green"}
+    metrics = task.score(samples, answers)
+    assert task.summary(metrics) == format_table(per_type(metrics))
+    assert task.summary(metrics).splitlines()[1] == "color              50.0%         0.0%   100.0%      2        0.0%      1"
+    (path,) = task.write_outputs(samples, answers, tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(row["question_id"], row["answer"], row["prediction"], row["blank_prediction"]) for row in rows] == \
+        [("q0", "red", "red", "blue"), ("q1", "red", "green", "")]
+
+
+def test_table_rows_name_a_probe_by_its_task() -> None:
+    """What report=shapes reads from <run>/eval/metrics.json: question types, and colour-naming probes by name."""
+    results = {"shapes": {"color/accuracy": 1.0, "color/n": 3.0},
+               "color_naming/caption": {"accuracy": 0.5, "n": 4}}
+    assert table_rows(results) == {"color": {"accuracy": 1.0, "n": 3}, "caption": {"accuracy": 0.5, "n": 4}}

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from llava_pl.checkpoint import load_for_inference
+from llava_pl.checkpoint.load import load_for_inference
 from llava_pl.constants import IMAGE_TOKEN_ID
 from llava_pl.export import ExportError, export, to_hf_llava
 from llava_pl.generate import prompt_ids
@@ -103,7 +103,7 @@ def test_import_then_export_gives_identical_tensors(compose_config, saved_llava,
 def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) -> None:
     from llava_pl.train import run
 
-    cfg = compose_config("stage=finetune", "evaluation=none", "stage.finetune.max_steps=2",
+    cfg = compose_config("stage=finetune", "tasks=[]", "stage.finetune.max_steps=2",
                          "stage.finetune.micro_batch_size=8", "stage.finetune.global_batch_size=8")
     run(cfg)
     checkpoint = Path(cfg.run_dir) / "finetune" / "checkpoints" / "last.ckpt"
@@ -113,7 +113,7 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
 
     exported = tmp_path / "exported"
     result = subprocess.run([sys.executable, "-m", "llava_pl.export", f"ckpt={checkpoint}", f"out={exported}"],
-                            cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300)
+                            cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (exported / "config.json").is_file()
 
@@ -126,7 +126,7 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
                        "max_new_tokens": 4}
         single = subprocess.run(
             [sys.executable, "-m", "llava_pl.predict", *(f"{key}={value}" for key, value in single_args.items())],
-            cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300,
+            cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300,
         )
         assert single.returncode == 0, single.stderr[-2000:]
         # exactly the model's own greedy answer, on one line (a barely trained model may answer with "")
@@ -135,7 +135,7 @@ def test_predict_from_checkpoint_and_export(compose_config, data_dir, tmp_path) 
         batch = subprocess.run(
             [sys.executable, "-m", "llava_pl.predict", f"model={model_path}", f"questions={questions}",
              f"image_folder={image.parent}", f"out={out}", "max_new_tokens=4"],
-            cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=300,
+            cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=300,
         )
         assert batch.returncode == 0, batch.stderr[-2000:]
         answers = json.loads(out.read_text())

@@ -23,7 +23,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from llava_pl.checkpoint import load_for_inference
+from llava_pl.checkpoint.load import load_for_inference
 from llava_pl.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
 from llava_pl.data.conversation import Message
 from llava_pl.data.hf_chat_template import hf_chat_template, space_after_images

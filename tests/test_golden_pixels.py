@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoImageProcessor
 
 from llava_pl.data.images import ImageAspect, ImageTransform, pad_to_square
-from llava_pl.data.to_wds import vision_transform
+from llava_pl.to_wds import vision_transform
 from tests.conftest import golden_path
 
 IMAGES = ["0.png", "3.png"]

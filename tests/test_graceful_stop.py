@@ -20,7 +20,7 @@ from tests.conftest import CONF_DIR, small_overrides
 
 REQUEUE = FaultConfig.requeue_exit_code
 COMMON = [
-    "stage=finetune", "evaluation=none", "stage.finetune.max_steps=10", "stage.finetune.epochs=3",
+    "stage=finetune", "tasks=[]", "stage.finetune.max_steps=10", "stage.finetune.epochs=3",
     "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=8",  # accumulation 2, 6 steps an epoch
 ]
 
@@ -47,7 +47,7 @@ def test_sigterm_saves_at_a_step_boundary_exits_for_requeue_and_resumes_identica
     command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}", *COMMON,
                "checkpoint.every_n_train_steps=2",  # the first periodic checkpoint says training is under way
                "+callbacks.slow._target_=tests.fault_injection.SlowSteps", "+callbacks.slow.seconds=0.25"]
-    process = subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, cwd=CONF_DIR.parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     deadline = time.monotonic() + 120
     while not list((run_dir / "finetune" / "checkpoints").glob("epoch=*.ckpt")):

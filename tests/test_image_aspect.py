@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_pl.checkpoint import load_for_inference
+from llava_pl.checkpoint.load import load_for_inference
 from llava_pl.data.images import ImageTransform, pad_fill
 from llava_pl.data.options import stage_image_aspect
-from llava_pl.data.to_wds import vision_transform
+from llava_pl.to_wds import vision_transform
 from llava_pl.train import selected_stages
 from tests.data_helpers import processor
 from tests.demo_checkpoint import demo_checkpoint  # noqa: F401  (a fixture)

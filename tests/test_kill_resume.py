@@ -21,7 +21,7 @@ from tests.conftest import CONF_DIR, small_overrides
 MAX_STEPS = 30
 KEEP = 2
 OVERRIDES = [  # the requeue command's: the same every launch, resuming whatever the folder holds
-    "ckpt_path=last", "stage=finetune", "evaluation=none", f"stage.finetune.max_steps={MAX_STEPS}",
+    "ckpt_path=last", "stage=finetune", "tasks=[]", f"stage.finetune.max_steps={MAX_STEPS}",
     "stage.finetune.epochs=10", "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=8",
     "checkpoint.every_n_train_steps=2", f"checkpoint.save_top_k={KEEP}",
     "model.llm.model.config.num_hidden_layers=1", "model.llm.model.config.intermediate_size=256",  # small saves
@@ -58,7 +58,7 @@ def test_sigkill_at_random_moments_loses_no_complete_checkpoint(compose_config, 
     for kill in range(3):
         before = _mtime(last)
         with (tmp_path / f"launch{kill}.log").open("w") as log:
-            process = subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, cwd=CONF_DIR.parents[1], stdout=log, stderr=subprocess.STDOUT)
             try:
                 if kill == 0:  # while a checkpoint is being written
                     _wait_until(lambda: any(folder.glob("*.partial")), process)

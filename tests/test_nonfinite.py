@@ -18,7 +18,7 @@ from tests import fault_injection
 
 POISONED_BATCH = 4  # the first micro-batch of step 3 (accumulation 2)
 COMMON = [
-    "stage=finetune", "evaluation=none", "stage.finetune.max_steps=6", "stage.finetune.micro_batch_size=4",
+    "stage=finetune", "tasks=[]", "stage.finetune.max_steps=6", "stage.finetune.micro_batch_size=4",
     "stage.finetune.global_batch_size=8", "checkpoint.every_n_train_steps=0",
     "+callbacks.nan._target_=tests.fault_injection.InjectNonFinite", f"+callbacks.nan.batch_index={POISONED_BATCH}",
 ]

@@ -112,7 +112,7 @@ def test_offline_run_records_metrics_samples_config_and_report(compose_config, n
     cfg = compose_config(*FINETUNE, "logger=[csv,wandb,tensorboard]", "logger.mode=offline",
                          "stage.finetune.val_check_interval=4", "monitor.samples.every_n_steps=2",
                          "monitor.samples.num_samples=3", "peak_flops=a100_bf16", "monitor.samples.max_new_tokens=4",
-                         "evaluation.limit=4", "evaluation.max_new_tokens=4", "report.num_images=4")
+                         "eval.end_limit=4", "eval.max_new_tokens=4", "report.num_images=4")
     run(cfg)
     run_dir = Path(cfg.run_dir)
 

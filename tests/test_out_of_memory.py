@@ -10,7 +10,7 @@ from llava_pl.train import run
 
 
 def test_out_of_memory_on_the_first_step_names_the_knobs(compose_config) -> None:
-    cfg = compose_config("stage=finetune", "evaluation=none", "stage.finetune.micro_batch_size=8",
+    cfg = compose_config("stage=finetune", "tasks=[]", "stage.finetune.micro_batch_size=8",
                          "stage.finetune.global_batch_size=16",
                          "+callbacks.oom._target_=tests.fault_injection.RaiseOutOfMemory")
     with pytest.raises(torch.OutOfMemoryError) as raised:

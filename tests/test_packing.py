@@ -9,9 +9,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from llava_pl.common.packing import unpack_rows
 from llava_pl.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from llava_pl.data.collate import LlavaCollator
-from llava_pl.data.packing import PackingCollator, unpack_rows
+from llava_pl.data.packing import PackingCollator
 from llava_pl.model.build import build_model
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.llava import ImageCountError
@@ -181,7 +182,7 @@ def test_feature_cache_refuses_a_training_tower(compose_config) -> None:
 @pytest.mark.slow
 def test_finetune_with_packing_trains(compose_config) -> None:
     cfg = compose_config(
-        "stage=finetune", "evaluation=none", "report=none", "data.packing=true", "stage.finetune.max_steps=4",
+        "stage=finetune", "tasks=[]", "report=none", "data.packing=true", "stage.finetune.max_steps=4",
         "stage.finetune.micro_batch_size=4", "stage.finetune.global_batch_size=4", "checkpoint.every_n_train_steps=100",
         "~monitor.samples",  # generations are not what this test is about
     )

@@ -12,7 +12,7 @@ from torch import nn
 import llava_pl.module
 from llava_pl.model.centering import feature_sum, set_input_center
 from llava_pl.model.projector import LinearProjector, MLPProjector
-from llava_pl.projector_io import load_projector, save_projector
+from llava_pl.checkpoint.projector_file import load_projector, save_projector
 from llava_pl.train import run
 
 
@@ -93,7 +93,7 @@ def _record_centring(monkeypatch) -> list[torch.Tensor]:
 def test_a_run_centres_its_fresh_projector_once_and_never_a_trained_one(compose_config, monkeypatch) -> None:
     means = _record_centring(monkeypatch)
     steps = ["stage.finetune.max_steps=2", "stage.finetune.micro_batch_size=8",
-             "stage.finetune.global_batch_size=8", "evaluation=none", "model.center_projector=true"]
+             "stage.finetune.global_batch_size=8", "tasks=[]", "model.center_projector=true"]
     align = ["stage.align.max_steps=2", "stage.align.micro_batch_size=8", "stage.align.global_batch_size=8"]
     cfg = compose_config(*steps, *align)
     run(cfg)

@@ -16,7 +16,7 @@ import torch
 from llava_pl.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
 from llava_pl.data.dataset import LlavaDataset
 from llava_pl.data.templates import ChatTemplate, PlainTemplate, VicunaTemplate
-from llava_pl.data.to_wds import convert
+from llava_pl.to_wds import convert
 from tests.conftest import formats_file
 from tests.data_helpers import TOKENS_PER_IMAGE, transform, write_dataset
 from tests.test_labels import supervised_runs

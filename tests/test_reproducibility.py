@@ -15,7 +15,7 @@ from llava_pl.provenance import RUN_INFO, _differences
 from llava_pl.train import run
 
 COMMON = [
-    "stage=finetune", "evaluation=none", "stage.finetune.max_steps=5", "stage.finetune.micro_batch_size=4",
+    "stage=finetune", "tasks=[]", "stage.finetune.max_steps=5", "stage.finetune.micro_batch_size=4",
     "stage.finetune.global_batch_size=8", "checkpoint.every_n_train_steps=0",
 ]
 

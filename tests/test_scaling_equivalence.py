@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from llava_pl.distributed.consolidate import is_distcp_checkpoint, load_checkpoint
+from llava_pl.checkpoint.sharded import is_distcp_checkpoint, load_checkpoint
 from llava_pl.train import run
 from tests.conftest import CONF_DIR, small_overrides
 
@@ -23,7 +23,7 @@ STEPS = 3
 # One sample per micro-batch, so every grouping of the global batch into micro-batches gives the same gradient;
 # a global batch of 4 is 4 micro-batches on 1 process, 2 on each of 2.
 COMMON = [
-    "stage=[align,finetune]", "evaluation=none", "report=none", "monitor=none", "logger=none",
+    "stage=[align,finetune]", "tasks=[]", "report=none", "monitor=none", "logger=none",
     "model.llm.model.config.num_hidden_layers=2", "model.vision.config.num_hidden_layers=2",
     *(f"stage.{name}.{key}={value}" for name in ("align", "finetune")
       for key, value in (("micro_batch_size", 1), ("global_batch_size", 4), ("max_steps", STEPS), ("max_length", 96))),
@@ -55,7 +55,7 @@ def start_two_processes(data_dir: Path, run_dir: Path, *overrides: str) -> subpr
     small = [override for override in small_overrides(data_dir, run_dir) if not override.startswith("run_dir=")]
     command = [sys.executable, "train.py", *small, f"hydra.run.dir={run_dir}", *overrides, "trainer.devices=2",
                *recorder(run_dir / "losses.jsonl")]
-    return subprocess.Popen(command, cwd=CONF_DIR.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(command, cwd=CONF_DIR.parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -134,8 +134,8 @@ def test_sharded_checkpoint_exports_and_consolidates_to_one_file(two_process_run
                                                                  monkeypatch) -> None:
     from transformers import LlavaForConditionalGeneration
 
-    from llava_pl.checkpoint import load_for_inference
-    from llava_pl.distributed.consolidate import consolidate
+    from llava_pl.checkpoint.load import load_for_inference
+    from llava_pl.checkpoint.consolidate import consolidate
     from llava_pl.export import main as export_main
 
     folder = two_process_runs["fsdp"] / "finetune" / "checkpoints" / "last.ckpt"

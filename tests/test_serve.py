@@ -131,7 +131,7 @@ def test_a_person_uploads_an_image_and_asks_in_a_real_browser(chat: ChatModel, d
         server = subprocess.Popen(
             [sys.executable, "-m", "llava_pl.serve", f"model={demo_checkpoint}", f"port={port}",
              "max_image_pixels=10000", "max_upload=20kb", "max_new_tokens=12", "temperature=0.2"],
-            cwd=str(CONF_DIR.parent), env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=str(CONF_DIR.parents[1]), env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
         _wait_until_up(f"http://127.0.0.1:{port}/", server, log)

@@ -38,10 +38,10 @@ def test_shapes_smollm2_trains_the_projector_of_a_frozen_real_llm(compose_config
     skip_unless_installed()
     cfg = compose_config(
         "experiment=shapes_smollm2",
-        f"data.root={tmp_path / 'shapes'}", "data.prepare.0.n_train=512", "data.prepare.0.n_val=8",
+        f"paths.data_dir={tmp_path}", "data.prepare.0.n_train=512",  # data.root and the tasks' files: <tmp>/shapes "data.prepare.0.n_val=8",
         "data.prepare.0.n_test=120",
         "stage.align.max_steps=24", "stage.align.micro_batch_size=8", "stage.align.global_batch_size=8",
-        "evaluation.max_new_tokens=10",
+        "eval.max_new_tokens=10",
         "+callbacks.watch._target_=tests.weight_watch.WatchWeights",
         shapes=False,
     )
@@ -58,11 +58,14 @@ def test_shapes_smollm2_trains_the_projector_of_a_frozen_real_llm(compose_config
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.7 * first, losses
 
-    # the evaluation shows one-shape images with and without them, captioned and asked, and writes its table
-    assert list(results) == ["caption", "question"]
-    row = results["caption"]
-    assert row["n"] > 20 and 0 < row["chance"] < 0.5 and results["question"]["n"] == row["n"]
-    assert json.loads((run_dir / "color_naming_eval.json").read_text()) == results
-    predictions = [json.loads(line) for line in (run_dir / "color_naming_predictions.jsonl").read_text().splitlines()]
-    assert sorted(p["probe"] for p in predictions) == ["caption"] * row["n"] + ["question"] * row["n"]
-    assert all(p["prediction"] for p in predictions if p["probe"] == "caption")
+    # the evaluation shows one-shape images with and without them, captioned and asked, and writes its metrics
+    assert list(results) == ["color_naming/caption", "color_naming/question"]
+    row = results["color_naming/caption"]
+    assert row["n"] > 20 and 0 < row["chance"] < 0.5 and results["color_naming/question"]["n"] == row["n"]
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text()) == results
+    for probe in ("caption", "question"):
+        answers = [json.loads(line) for line in
+                   (run_dir / "eval" / "color_naming" / probe / "answers.jsonl").read_text().splitlines()]
+        assert len(answers) == row["n"] and all(answer["blank_prediction"] is not None for answer in answers)
+        assert probe == "question" or all(answer["prediction"] for answer in answers)
+    assert (run_dir / "report.png").is_file()

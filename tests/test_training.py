@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llava_pl.demo.table import per_type
 from llava_pl.train import run
 from tests.conftest import CONF_DIR, small_overrides
 
@@ -23,7 +24,7 @@ def _losses(metrics_csv: Path) -> list[float]:
 @pytest.mark.slow
 def test_finetune_lowers_the_loss(compose_config, tmp_path) -> None:
     cfg = compose_config(
-        "stage=finetune", "evaluation=none", "stage.finetune.max_steps=30", "stage.finetune.epochs=30",
+        "stage=finetune", "tasks=[]", "stage.finetune.max_steps=30", "stage.finetune.epochs=30",
         "stage.finetune.micro_batch_size=8", "stage.finetune.global_batch_size=8", "stage.finetune.warmup_ratio=0.1",
     )
     run(cfg)
@@ -45,10 +46,10 @@ def test_train_py_runs_align_then_finetune_then_evaluates(data_dir, tmp_path) ->
         "stage.align.micro_batch_size=8", "stage.align.global_batch_size=16",  # accumulation 2
         "stage.finetune.micro_batch_size=8", "stage.finetune.global_batch_size=8",
     ]
-    result = subprocess.run(command, cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=CONF_DIR.parents[1], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "question type" in result.stdout  # the table is printed
-    results = json.loads((run_dir / "shapes_eval.json").read_text())
+    results = per_type(json.loads((run_dir / "eval" / "shapes" / "metrics.json").read_text()))
     assert {"color", "shape"} <= set(results)
     for row in results.values():
         assert set(row) == {"accuracy", "blank_accuracy", "chance", "n", "several_accuracy", "several_n"}
@@ -63,4 +64,4 @@ def test_train_py_runs_align_then_finetune_then_evaluates(data_dir, tmp_path) ->
     align_losses = _losses(run_dir / "logs" / "align" / "metrics.csv")
     assert len(align_losses) == 3  # 3 optimizer steps of 2 micro-batches each, logged per step
     with (run_dir / "logs" / "eval" / "metrics.csv").open() as file:
-        assert "eval/color/accuracy" in next(csv.DictReader(file))
+        assert "eval/shapes/color/accuracy" in next(csv.DictReader(file))  # eval/<task>/<metric>

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class LlavaDataModule(L.LightningDataModule):
     """Train (and optional validation) LLaVA JSON files over one image folder, or shard folders written by
-    ``llava_pl.data.to_wds``, or a weighted mixture of such sources.
+    ``llava_pl.to_wds``, or a weighted mixture of such sources.
 
     Call ``connect(...)`` once the model exists: the data needs the model's tokenizer, image processor
     and number of tokens per image. Before training every record is checked and measured once

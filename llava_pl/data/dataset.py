@@ -98,7 +98,7 @@ class LlavaDataset(Dataset):
     for this ``image_transform`` (else ``ValueError``).
 
     Args:
-        path: a LLaVA JSON/JSON Lines file, or a folder of shards written by ``llava_pl.data.to_wds``.
+        path: a LLaVA JSON/JSON Lines file, or a folder of shards written by ``llava_pl.to_wds``.
         image_folder: the folder the JSON's image paths are relative to (unused for shards).
     """
 

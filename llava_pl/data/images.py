@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import BaseImageProcessor
 
+from llava_pl.common.images import IMAGE_ASPECTS, ImageAspect, input_size
 from llava_pl.data.fast_image import fast_processing
 from llava_pl.errors import ConfigError, DataError
-
-ImageAspect = Literal["pad", "crop", "resize"]
-IMAGE_ASPECTS: tuple[ImageAspect, ...] = ("pad", "crop", "resize")
-
-
-def input_size(processor: BaseImageProcessor) -> tuple[int, int]:
-    """``(height, width)`` of the tensors the processor produces."""
-    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
-    if "height" in size:
-        return int(size["height"]), int(size["width"])
-    return int(size["shortest_edge"]), int(size["shortest_edge"])
 
 
 def pad_fill(processor: BaseImageProcessor) -> tuple[int, int, int]:

@@ -1,5 +1,5 @@
 """Where LLaVA records and their images come from: a JSON (or JSON Lines) file over an image folder, or the
-webdataset shards ``python -m llava_pl.data.to_wds`` wrote (read by position through their index files).
+webdataset shards ``python -m llava_pl.to_wds`` wrote (read by position through their index files).
 
 A source hands out raw records and image bytes; a record or line that does not parse is not an error of the
 whole file but of that one sample (``SampleError`` with reason ``malformed``). Shards converted with pre-processed
@@ -146,17 +146,17 @@ def decode_pixels(data: bytes, source: str, sample_id: str, where: str) -> np.nd
 
 
 class ShardRecords:
-    """Shards written by ``llava_pl.data.to_wds``, read by position through each shard's member index."""
+    """Shards written by ``llava_pl.to_wds``, read by position through each shard's member index."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.name = str(self.folder)
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no shard manifest (write the shards with llava_pl.data.to_wds)")
+            raise FileNotFoundError(f"{manifest_path}: no shard manifest (write the shards with llava_pl.to_wds)")
         self.manifest = json.loads(manifest_path.read_text())
         if not self.manifest.get("complete"):
-            raise DataError(f"{manifest_path}: the conversion did not finish; run llava_pl.data.to_wds again")
+            raise DataError(f"{manifest_path}: the conversion did not finish; run llava_pl.to_wds again")
         self.preprocessing = self.manifest.get("preprocessing")
         # numpy arrays rather than a Python object per sample: no reference counts for forked loader workers to
         # touch, so the pages stay shared, and ~30 bytes per sample

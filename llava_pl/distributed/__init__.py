@@ -1,1 +1,1 @@
-"""Scaling out: the sharding strategies (FSDP2, DeepSpeed ZeRO) and their checkpoints."""
+"""Scaling out: the sharding strategies (FSDP2, DeepSpeed ZeRO). Their checkpoints are ``llava_pl.checkpoint``'s."""

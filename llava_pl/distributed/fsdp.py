@@ -16,7 +16,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from llava_pl.distributed.consolidate import is_distcp_checkpoint, load_checkpoint, refuse_deepspeed_resume
+from llava_pl.checkpoint.sharded import is_distcp_checkpoint, load_checkpoint, refuse_deepspeed_resume
 from llava_pl.model.build import materialize
 from llava_pl.model.pretrained_weights import PretrainedWeights
 

@@ -1,5 +1,5 @@
-"""Evaluation during training: every ``eval.every_n_steps`` optimizer steps, the tasks of ``eval.tasks`` run on
-``eval.limit`` questions each, split over every rank, and their metrics are logged as ``eval/<task>/<metric>``."""
+"""Evaluation during training: every ``eval.every_n_steps`` optimizer steps, the tasks ``tasks=[...]`` selects run
+on ``eval.limit`` questions each, split over every rank, and their metrics are logged as ``eval/<task>/<metric>``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from llava_pl.distributed.sharding import shards_parameters
 from llava_pl.eval.processes import Processes
 from llava_pl.eval.runner import Runner, flat_metrics
 from llava_pl.eval.task import Task
-from llava_pl.eval.task_config import instantiate_tasks, load_task_configs
+from llava_pl.eval.task_config import selected_tasks
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,8 @@ def eval_callbacks(
 ) -> list[Callback]:
     """The evaluation callback a run's ``eval`` config asks for (none without tasks or a step interval)."""
     settings = cfg.get("eval") or {}
-    if not settings.get("tasks") or not settings.get("every_n_steps"):
+    if not cfg.get("tasks") or not settings.get("every_n_steps"):
         return []
-    tasks = instantiate_tasks(load_task_configs(list(settings.tasks), cfg))
-    if settings.get("max_new_tokens"):  # one budget for every task instead of each task's own
-        for task in tasks.values():
-            task.max_new_tokens = int(settings.max_new_tokens)
+    tasks = selected_tasks(cfg)
     return [EvalDuringTraining(tasks, int(settings.every_n_steps), out_dir, tokenizer, template, image_transform,
                                limit=settings.get("limit"), batch_size=int(settings.get("batch_size", 16)))]

@@ -89,7 +89,8 @@ class Runner:
         that keep sharded ranks in step, their answers dropped. ``synced``: every ``generate`` call runs until
         every rank's answers are done."""
         real = len(samples) if real is None else real
-        answerer = Answerer(self.model, self.tokenizer, self.template, task.max_new_tokens, self.batch_size,
+        template = self.template if task.template is None else task.template  # a task may ask in its own
+        answerer = Answerer(self.model, self.tokenizer, template, task.max_new_tokens, self.batch_size,
                             synced=synced, **self.sampling)
         rows: list[dict[str, Any]] = []
         for start in range(0, len(samples), self.batch_size):

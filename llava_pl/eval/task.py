@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from llava_pl.data.images import ImageTransform
+from llava_pl.data.templates import Template
 
 Metrics = dict[str, float]
 
@@ -49,11 +50,18 @@ class Task(ABC):
     Args:
         image_folder: the folder the samples' image paths are relative to.
         max_new_tokens: the generation budget per answer.
+        template: the conversation template the questions are asked in; None: the model's own.
     """
 
-    def __init__(self, image_folder: str | os.PathLike | None = None, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self,
+        image_folder: str | os.PathLike | None = None,
+        max_new_tokens: int = 128,
+        template: Template | None = None,
+    ) -> None:
         self.image_folder = Path(image_folder) if image_folder is not None else None
         self.max_new_tokens = max_new_tokens
+        self.template = template
 
     @abstractmethod
     def samples(self) -> list[Sample]:
@@ -92,6 +100,11 @@ class Task(ABC):
     def write_outputs(self, samples: Sequence[Sample], answers: Mapping[str, str], out_dir: Path) -> list[Path]:
         """Extra files a task writes beside its metrics (e.g. a server upload); none by default."""
         return []
+
+    def summary(self, metrics: Metrics) -> str:
+        """The metrics as printed at the end of an evaluation: one ``name value`` line each by default."""
+        return "\n".join(f"  {key:<32} {value:.4f}" if isinstance(value, float) else f"  {key:<32} {value}"
+                         for key, value in metrics.items())
 
 
 def read_json(path: str | os.PathLike) -> Any:

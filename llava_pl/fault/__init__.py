@@ -1,4 +1,4 @@
-"""Surviving faults: atomic checkpoints, graceful stop, non-finite losses, full disks and out-of-memory errors.
+"""Surviving faults: graceful stop (preemption), non-finite losses and out-of-memory errors. Import from the modules.
 
-Import from the modules (``atomic`` has no Lightning dependency, so writers such as ``projector_io`` stay light).
+Atomic checkpoints and full disks are the checkpoint package's (``llava_pl.checkpoint.atomic``, ``lightning_io``).
 """

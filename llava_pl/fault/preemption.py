@@ -159,7 +159,7 @@ class GracefulStop(Callback):
             return  # mid-accumulation: the optimizer has not stepped
         self._last_step = trainer.global_step
         if trainer.strategy.reduce_boolean_decision(STOP_REQUEST.requested, all=False):
-            trainer.save_checkpoint(self.checkpoint_path)
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
             self._saved = True
 
     def _leave_if_saved(self, trainer: L.Trainer) -> None:

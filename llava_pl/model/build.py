@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llava_pl.lora import reset_adapters
 from llava_pl.model.architecture import architecture_only, is_architecture_only
 from llava_pl.model.llava import LlavaModel
-from llava_pl.projector_io import load_projector
+from llava_pl.checkpoint.projector_file import load_projector
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 

@@ -1,7 +1,7 @@
 """Centring a fresh projector on its vision encoder's features.
 
 A vision tower's patch features can share one large vector, as a random tower's do on the demo's light images
-(README, "Centring the projector"). Behind a fresh projector, that shared part becomes most of every image
+(docs/training.md, "Centring the projector"). Behind a fresh projector, that shared part becomes most of every image
 token, and what tells one patch from another is a small remainder.
 Setting the projector's ``input_center`` buffer to the features' mean makes it read mean-free features for
 the whole run. Folding the mean into the first bias instead would centre only the start: every update of the

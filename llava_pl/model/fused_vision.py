@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import BaseImageProcessor
 
-from llava_pl.data.images import input_size
+from llava_pl.common.images import input_size
 from llava_pl.model.vision import VisionEncoder
 
 

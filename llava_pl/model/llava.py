@@ -11,14 +11,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from llava_pl.common.images import input_size
+from llava_pl.common.packing import cumulative_lengths, position_ids_of, unpack_rows
 from llava_pl.constants import IMAGE_TOKEN_ID
-from llava_pl.data.images import input_size
-from llava_pl.data.packing import cumulative_lengths, position_ids_of, unpack_rows
 from llava_pl.model.blocks import resolve_block_class
 from llava_pl.model.feature_cache import VisionFeatureCache
 from llava_pl.model.fused_vision import FusedVisionEncoder
-from llava_pl.model.loss import LossAverage, causal_lm_loss, supervised_loss, supervised_positions
+from llava_pl.model.loss import causal_lm_loss, supervised_loss, supervised_positions
 from llava_pl.model.vision import VisionEncoder
+from llava_pl.stage import LossAverage
 
 
 class ImageCountError(ValueError):

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 
 from llava_pl.constants import IGNORE_INDEX
-
-LossAverage = Literal["token", "sample"]
-LOSS_AVERAGES: tuple[str, ...] = get_args(LossAverage)
+from llava_pl.stage import LOSS_AVERAGES, LossAverage
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

@@ -89,25 +89,43 @@ def _keys(file: Path) -> list[str]:
         return list(handle.keys())
 
 
+READ_CHUNK_BYTES = 64 << 20
+
+
 def _read_into(tensor: torch.Tensor, slot: WeightSlot) -> None:
+    """Reads this process's part of the slot's stored tensor into ``tensor``, at most ``READ_CHUNK_BYTES`` at a
+    time, the file reopened per chunk: what is held besides the model is one chunk and the file pages it mapped,
+    not a whole slice (a Llama-3 embedding's half is ~1 GiB in float32)."""
     from torch.distributed.tensor import DTensor
 
     if tensor.is_meta:
         raise RuntimeError(f"{slot.key}: the model's tensor is still on the meta device; materialise it first")
-    with stored_tensors(slot.file) as handle:  # opened per tensor: the mapped pages it touched leave with it
-        stored = handle.get_slice(slot.key)
-        if tuple(stored.get_shape()) != tuple(tensor.shape):
-            raise ValueError(f"{slot.file}: {slot.key} has shape {tuple(stored.get_shape())}, "
-                             f"the model expects {tuple(tensor.shape)}")
-        if isinstance(tensor, DTensor):
-            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    with stored_tensors(slot.file) as handle:
+        stored_shape = tuple(handle.get_slice(slot.key).get_shape())
+    if stored_shape != tuple(tensor.shape):
+        raise ValueError(f"{slot.file}: {slot.key} has shape {stored_shape}, the model expects {tuple(tensor.shape)}")
+    if isinstance(tensor, DTensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-            local = tensor.to_local()
-            shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
-            if local.numel():
-                local.copy_(stored[tuple(slice(start, start + size) for start, size in zip(offset, shape))])
-        else:
-            tensor.copy_(stored[:])
+        local = tensor.to_local()
+        shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    else:
+        local, shape, offset = tensor, tuple(tensor.shape), (0,) * tensor.dim()
+    if not local.numel():
+        return
+    if local.dim() == 0:
+        with stored_tensors(slot.file) as handle:
+            local.copy_(handle.get_slice(slot.key)[:])
+        return
+    rows = shape[0]
+    row_bytes = max(1, local[0].numel() * local.element_size())
+    step = max(1, READ_CHUNK_BYTES // row_bytes)
+    rest = tuple(slice(start, start + size) for start, size in zip(offset[1:], shape[1:]))
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        with stored_tensors(slot.file) as handle:  # closed per chunk: the pages it mapped leave with it
+            rows_read = slice(offset[0] + first, offset[0] + first + count)
+            local[first:first + count].copy_(handle.get_slice(slot.key)[(rows_read, *rest)])
 
 
 @contextmanager

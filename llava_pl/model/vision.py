@@ -10,8 +10,9 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, BaseImageProcessor, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import is_torchvision_available
 
-from llava_pl.data.images import input_size
+from llava_pl.common.images import input_size
 from llava_pl.model.architecture import config_source, is_architecture_only, resolve_dtype
 from llava_pl.model.blocks import resolve_block_class
 from llava_pl.model.pretrained_weights import deferred_part, pretrained_dtype
@@ -22,6 +23,14 @@ SelectFeature = Literal["patch", "cls_patch"]
 def _vision_config(config: PretrainedConfig) -> PretrainedConfig:
     # Dual-encoder checkpoints (CLIP, SigLIP) nest the tower's config; vision-only ones are the config.
     return getattr(config, "vision_config", None) or config
+
+
+def _image_processor_class(name: str) -> type[BaseImageProcessor]:
+    # Without torchvision, transformers serves `XImageProcessor` as `XImageProcessorPil` with a warning; asking
+    # for the PIL class directly is the same class, silently (AutoImageProcessor picks its backend the same way).
+    if not is_torchvision_available() and hasattr(transformers, f"{name}Pil"):
+        return getattr(transformers, f"{name}Pil")
+    return getattr(transformers, name)
 
 
 def _vision_model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
@@ -135,7 +144,7 @@ class VisionEncoder(nn.Module):
         with torch.device("meta") if is_architecture_only() else nullcontext():
             tower = _vision_model_class(tower_config)(tower_config)
         processor_kwargs = dict(image_processor)
-        processor_class = getattr(transformers, processor_kwargs.pop("image_processor_type"))
+        processor_class = _image_processor_class(processor_kwargs.pop("image_processor_type"))
         processor = processor_class(**processor_kwargs)
         return cls(tower, processor, select_layer=select_layer, select_feature=select_feature, block_class=block_class)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from llava_pl.fault.atomic import atomic_path
+from llava_pl.checkpoint.atomic import atomic_path
 
 
 def _load(path: str | os.PathLike, *keys: str) -> dict[str, Any]:
