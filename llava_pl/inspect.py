@@ -40,6 +40,7 @@ from llava_pl.errors import ConfigError, reports_user_errors
 from llava_pl.model.build import build_empty_model
 from llava_pl.resolvers import register_resolvers
 from llava_pl.train import selected_stages
+from llava_pl.validate import check_experiment
 
 OWN_KEYS = {"n": int, "split": choice("train", "val"), "color": choice("auto", "always", "never"), "decode": boolean}
 USAGE = "python -m llava_pl.inspect [TRAINING OVERRIDES ...] [n=5] [split=train|val] [color=auto] [decode=true]"
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.cwd} in paths resolves as in training
+    check_experiment(cfg, HydraConfig.get().runtime.choices)  # the demo's settings with other data: refused, as in training
     color = {"always": True, "never": False}.get(own.get("color", "auto"), sys.stdout.isatty())
     inspect_data(cfg, own.get("n", 5), own.get("split", "train"), color, decode=own.get("decode", True))
 

@@ -166,9 +166,26 @@ def test_every_shape_questions_ask_each_shape_once_per_type(dataset: pathlib.Pat
     assert (out / "questions_test.jsonl").read_bytes() == (dataset / "questions_test.jsonl").read_bytes()
     plain = generate_shapes_dataset(tmp_path / "plain", **SMALL, instruct_mix=no_mix)
     assert load(plain, "instruct_train.json") == []
-    for bad in (["colour"], ["color", "color"], ["count"]):
+    for bad in (["colour"], ["color", "color"], ["exists"]):
         with pytest.raises(ValueError, match="every_shape_questions"):
             generate_shapes_dataset(tmp_path / "bad", **SMALL, every_shape_questions=bad)
+
+
+def test_every_shape_questions_ask_position_per_shape_and_count_per_image(tmp_path: pathlib.Path) -> None:
+    no_mix = {"conversation": 0.0, "detail": 0.0, "reasoning": 0.0}
+    out = generate_shapes_dataset(tmp_path / "every", **SMALL, instruct_mix=no_mix,
+                                  every_shape_questions=["position", "count"])
+    records = load(out, "instruct_train.json")
+    asked = Counter((r["image"], r["conversations"][0]["value"], r["conversations"][1]["value"]) for r in records)
+    expected = Counter()
+    for meta in load(out, "meta_train.json"):
+        n = len(meta["shapes"])
+        expected[(meta["image"], f"<image>\nHow many shapes are in the image?{SHORT_ANSWER_SUFFIX}",
+                  ("zero", "one", "two", "three")[n])] += 1
+        for s in meta["shapes"]:
+            expected[(meta["image"], f"<image>\nWhere is the {s['color']} {s['kind']}?{SHORT_ANSWER_SUFFIX}",
+                      s["position"])] += 1
+    assert asked == expected
 
 
 def test_train_and_test_images_differ(dataset: pathlib.Path) -> None:

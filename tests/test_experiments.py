@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llava_pl.errors import ConfigError
+from llava_pl.inspect import main as inspect_main
 from llava_pl.train import selected_stages
 from llava_pl.validate import check_experiment, validate_config
 from tests.conftest import CONF_DIR, skip_unless_installed
@@ -166,6 +167,13 @@ def test_train_py_refuses_the_demo_with_llava_in_one_line(tmp_path: Path) -> Non
     assert errors == [GUARD] and result.stderr.strip().endswith(GUARD), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run began
+
+
+def test_the_data_inspector_refuses_the_demo_with_llava_as_training_does(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        inspect_main(["model=llava-1.5-7b", "data=llava"])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err.strip() == GUARD
 
 
 DOC_COMMANDS = doc_commands(STAND_IN, GROUPS)

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 
 from llava_pl.demo.descriptions import DETAIL_INSTRUCTIONS, caption_record, detail_description, reasoning_qa
 from llava_pl.demo.questions import (
+    EVERY_SHAPE_TYPES,
     IMAGE_AFTER_SHARE,
     IMAGE_TOKEN,
-    PER_SHAPE_QUESTIONS,
     QUESTION_MIX,
     QUESTION_TYPES,
     SHORT_ANSWER_SUFFIX,
@@ -111,8 +111,8 @@ def generate_shapes_dataset(
     of instruction records, the share with the image after the first instruction; ``outline``: the width in pixels
     of a dark rim drawn round every shape whatever its colour (0: none); ``shape_count_weights``: relative weights
     of training and validation images with one, two and three shapes (the test split keeps them equally likely);
-    ``every_shape_questions``: question types (of ``PER_SHAPE_QUESTIONS``) asked about every shape of every training
-    and validation image, one short question per conversation, besides ``instruct_mix``.
+    ``every_shape_questions``: question types (of ``EVERY_SHAPE_TYPES``) asked about every shape of every training
+    and validation image (count: once per image), one short question per conversation, besides ``instruct_mix``.
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
     if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
@@ -130,8 +130,8 @@ def generate_shapes_dataset(
         raise ValueError(f"shape_count_weights needs three weights ≥ 0 (one, two, three shapes), "
                          f"got {shape_count_weights}")
     per_shape = list(every_shape_questions)
-    if not set(per_shape) <= set(PER_SHAPE_QUESTIONS) or len(set(per_shape)) != len(per_shape):
-        raise ValueError(f"every_shape_questions takes distinct types among {sorted(PER_SHAPE_QUESTIONS)}, "
+    if not set(per_shape) <= set(EVERY_SHAPE_TYPES) or len(set(per_shape)) != len(per_shape):
+        raise ValueError(f"every_shape_questions takes distinct types among {sorted(EVERY_SHAPE_TYPES)}, "
                          f"got {every_shape_questions}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")

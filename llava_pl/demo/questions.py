@@ -151,19 +151,21 @@ def conversation(
 PER_SHAPE_QUESTIONS: dict[str, Callable[[Shape, bool], tuple[str, str]]] = {
     "color": color_qa, "shape": shape_qa, "position": position_qa,
 }
+PER_IMAGE_QUESTIONS: dict[str, Callable[[tuple[Shape, ...], bool], tuple[str, str]]] = {"count": count_qa}
+EVERY_SHAPE_TYPES: tuple[str, ...] = (*PER_SHAPE_QUESTIONS, *PER_IMAGE_QUESTIONS)
 
 
 def every_shape_records(stem: str, rel: str, shapes: tuple[Shape, ...], question_types: Sequence[str]) -> list[dict]:
-    """One short question per conversation, image first, for every shape and each of ``question_types``: each
-    image is asked the same question about each of its shapes (docs/demo.md)."""
-    records = []
-    for shape in shapes:
-        for qtype in question_types:
-            question, answer = PER_SHAPE_QUESTIONS[qtype](shape, True)
-            turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}{SHORT_ANSWER_SUFFIX}"},
-                     {"from": "gpt", "value": answer}]
-            records.append({"id": stem, "type": "conversation", "image": rel, "conversations": turns})
-    return records
+    """One short question per conversation, image first: for every shape and each per-shape type of
+    ``question_types`` (each image is asked the same question about each of its shapes), then once per image for
+    each per-image type (count) (docs/demo.md)."""
+    pairs = [PER_SHAPE_QUESTIONS[qtype](shape, True)
+             for shape in shapes for qtype in question_types if qtype in PER_SHAPE_QUESTIONS]
+    pairs += [PER_IMAGE_QUESTIONS[qtype](shapes, True) for qtype in question_types if qtype in PER_IMAGE_QUESTIONS]
+    return [{"id": stem, "type": "conversation", "image": rel,
+             "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}{SHORT_ANSWER_SUFFIX}"},
+                               {"from": "gpt", "value": answer}]}
+            for question, answer in pairs]
 
 
 def held_out_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> list[dict]:
