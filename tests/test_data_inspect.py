@@ -16,7 +16,7 @@ def test_inspector_shows_image_spans_supervision_counts_and_bad_samples(data_dir
     records = mixed_records(6)
     records.insert(1, record("broken", ["<image>\n<image>\nTwo?", "No."], "img/0000.png"))
     path = write_dataset(tmp_path / "data", records)
-    main(["n=2", "color=never", "stage=finetune", "data=llava", f"data.image_folder={path.parent}",
+    main(["n=2", "color=never", "stage=finetune", "experiment=none", "data=llava", f"data.image_folder={path.parent}",
           f"data.sets.finetune.train={path}", *small_overrides(data_dir, tmp_path / "run", shapes=False)])
     out = capsys.readouterr().out
     shown = re.findall(r"── sample \S+ \(#(\d+)\): (\d+) tokens = (\d+) text \+ (\d+) image .*; (\d+) supervised", out)
@@ -38,7 +38,7 @@ def test_inspector_decodes_every_image_and_counts_corrupt_and_truncated_files(da
     Image.open(images[1]).convert("RGB").save(buffer := io.BytesIO(), format="JPEG")
     images[1].write_bytes(buffer.getvalue()[:-200])  # a truncated JPEG
     images[2].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # not an image at all
-    args = ["n=0", "color=never", "stage=finetune", "data=llava", f"data.image_folder={folder}",
+    args = ["n=0", "color=never", "stage=finetune", "experiment=none", "data=llava", f"data.image_folder={folder}",
             f"data.sets.finetune.train={path}", *small_overrides(data_dir, tmp_path / "run", shapes=False)]
     main(args)
     out = capsys.readouterr().out

@@ -252,3 +252,29 @@ def test_every_image_reference_exists(dataset: pathlib.Path) -> None:
         assert not rec["image"].startswith("/")
         assert (dataset / "images" / rec["image"]).is_file(), rec["image"]
 
+
+def test_image_questions_ask_a_share_of_the_images_and_leave_the_rest_as_it_was(
+        dataset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    no_mix = {"conversation": 0.0, "detail": 0.0, "reasoning": 0.0}
+    plain = generate_shapes_dataset(tmp_path / "plain", **SMALL, instruct_mix=no_mix, every_shape_questions=["color"])
+    out = generate_shapes_dataset(tmp_path / "some", **SMALL, instruct_mix=no_mix, every_shape_questions=["color"],
+                                  image_questions={"count": 0.5, "position": 1.0})
+    metas = {m["image"]: m["shapes"] for m in load(out, "meta_train.json")}
+    records = load(out, "instruct_train.json")
+    extra = [r for r in records if "What color" not in r["conversations"][0]["value"]]
+    assert [r for r in records if r not in extra] == load(plain, "instruct_train.json")
+    counts = [r for r in extra if "How many" in r["conversations"][0]["value"]]
+    positions = [r for r in extra if "Where is" in r["conversations"][0]["value"]]
+    assert len(counts) + len(positions) == len(extra) and len(positions) == len(metas)
+    assert 0.3 * len(metas) < len(counts) < 0.7 * len(metas)
+    for r in counts:
+        assert r["conversations"][1]["value"] == ("zero", "one", "two", "three")[len(metas[r["image"]])]
+    for r in positions:
+        named = r["conversations"][0]["value"].split("Where is the ")[1].split("?")[0]
+        assert r["conversations"][1]["value"] == next(s["position"] for s in metas[r["image"]]
+                                                        if f"{s['color']} {s['kind']}" == named)
+    # the images and held-out questions are the default data set's; a bad type or share is refused
+    assert (out / "questions_test.jsonl").read_bytes() == (dataset / "questions_test.jsonl").read_bytes()
+    for bad in ({"exists": 0.5}, {"count": 1.5}):
+        with pytest.raises(ValueError, match="image_questions"):
+            generate_shapes_dataset(tmp_path / "bad", **SMALL, image_questions=bad)

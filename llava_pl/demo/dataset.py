@@ -26,6 +26,7 @@ from llava_pl.demo.questions import (
     conversation,
     every_shape_records,
     held_out_questions,
+    some_image_records,
     with_image,
 )
 from llava_pl.demo.scenes import COLORS, KINDS, POSITIONS, SIZES, Shape, render_scene, sample_scene
@@ -101,6 +102,7 @@ def generate_shapes_dataset(
     outline: int = 0,
     shape_count_weights: Sequence[float] = (1.0, 1.0, 1.0),
     every_shape_questions: Sequence[str] = (),
+    image_questions: dict[str, float] | None = None,
 ) -> pathlib.Path:
     """Generate (or reuse, if already generated with the same parameters) the shapes data set in out_dir.
 
@@ -112,7 +114,9 @@ def generate_shapes_dataset(
     of a dark rim drawn round every shape whatever its colour (0: none); ``shape_count_weights``: relative weights
     of training and validation images with one, two and three shapes (the test split keeps them equally likely);
     ``every_shape_questions``: question types (of ``EVERY_SHAPE_TYPES``) asked about every shape of every training
-    and validation image (count: once per image), one short question per conversation, besides ``instruct_mix``.
+    and validation image (count: once per image), one short question per conversation, besides ``instruct_mix``;
+    ``image_questions``: ``{type: share}``, each type (of ``EVERY_SHAPE_TYPES``) asked once, in a conversation of
+    its own, of that share of the training and validation images (a per-shape type: about one of its shapes).
     """
     mix = dict(INSTRUCT_MIX if instruct_mix is None else instruct_mix)
     if set(mix) != set(INSTRUCT_MIX) or not all(share >= 0.0 for share in mix.values()):
@@ -133,6 +137,10 @@ def generate_shapes_dataset(
     if not set(per_shape) <= set(EVERY_SHAPE_TYPES) or len(set(per_shape)) != len(per_shape):
         raise ValueError(f"every_shape_questions takes distinct types among {sorted(EVERY_SHAPE_TYPES)}, "
                          f"got {every_shape_questions}")
+    some_images = {str(k): float(v) for k, v in (image_questions or {}).items()}
+    if not set(some_images) <= set(EVERY_SHAPE_TYPES) or not all(0.0 <= v <= 1.0 for v in some_images.values()):
+        raise ValueError(f"image_questions takes {{type: share in [0, 1]}} for types among "
+                         f"{sorted(EVERY_SHAPE_TYPES)}, got {image_questions}")
     if image_size < 24 or image_size % 3:
         raise ValueError(f"image_size must be a multiple of 3 and at least 24, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -143,7 +151,8 @@ def generate_shapes_dataset(
               "n_test": n_test, "image_size": image_size, "instruct_mix": mix,
               "conversation_turns": list(turns_range), "question_mix": questions_mix,
               "image_after_share": image_after_share, "outline": outline,
-              "shape_count_weights": count_weights, "every_shape_questions": per_shape}
+              "shape_count_weights": count_weights, "every_shape_questions": per_shape,
+              "image_questions": some_images}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -161,6 +170,8 @@ def generate_shapes_dataset(
     for split in SPLITS:
         scene_rng = random.Random(f"shapes/{seed}/{split}/scene")
         text_rng = random.Random(f"shapes/{seed}/{split}/text")
+        # a generator of its own, so that text_rng's draws (and the records they make) stay as they were
+        image_question_rng = random.Random(f"shapes/{seed}/{split}/image_questions")
         uniform = split not in TEXT_SPLITS or len(set(count_weights)) == 1  # equal weights: the default draw
         split_weights = None if uniform else count_weights
         img_dir = out / "images" / split
@@ -175,6 +186,7 @@ def generate_shapes_dataset(
             if split in TEXT_SPLITS:
                 captions.append(caption_record(text_rng, stem, rel, scene.shapes))
                 instruct.extend(every_shape_records(stem, rel, scene.shapes, per_shape))
+                instruct.extend(some_image_records(image_question_rng, stem, rel, scene.shapes, some_images))
                 instruct.extend(
                     _instruct_records(
                         text_rng, stem, rel, scene.shapes, mix, turns_range, questions_mix, image_after_share

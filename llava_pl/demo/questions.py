@@ -4,7 +4,7 @@ multi-turn conversations of them, and the held-out test questions (same wording 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from llava_pl.demo.scenes import COLORS, KINDS, Shape
 
@@ -162,10 +162,31 @@ def every_shape_records(stem: str, rel: str, shapes: tuple[Shape, ...], question
     pairs = [PER_SHAPE_QUESTIONS[qtype](shape, True)
              for shape in shapes for qtype in question_types if qtype in PER_SHAPE_QUESTIONS]
     pairs += [PER_IMAGE_QUESTIONS[qtype](shapes, True) for qtype in question_types if qtype in PER_IMAGE_QUESTIONS]
-    return [{"id": stem, "type": "conversation", "image": rel,
-             "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}{SHORT_ANSWER_SUFFIX}"},
-                               {"from": "gpt", "value": answer}]}
-            for question, answer in pairs]
+    return [_one_question_record(stem, rel, question, answer) for question, answer in pairs]
+
+
+def some_image_records(
+    rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...], shares: Mapping[str, float]
+) -> list[dict]:
+    """For each question type of ``shares`` (of ``EVERY_SHAPE_TYPES``), with chance its share, one short question
+    about this image in a conversation of its own, image first; a per-shape type asks about one shape drawn at
+    random."""
+    records = []
+    for qtype, share in shares.items():
+        if rng.random() >= share:
+            continue
+        if qtype in PER_IMAGE_QUESTIONS:
+            question, answer = PER_IMAGE_QUESTIONS[qtype](shapes, True)
+        else:
+            question, answer = PER_SHAPE_QUESTIONS[qtype](rng.choice(shapes), True)
+        records.append(_one_question_record(stem, rel, question, answer))
+    return records
+
+
+def _one_question_record(stem: str, rel: str, question: str, answer: str) -> dict:
+    return {"id": stem, "type": "conversation", "image": rel,
+            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}{SHORT_ANSWER_SUFFIX}"},
+                              {"from": "gpt", "value": answer}]}
 
 
 def held_out_questions(rng: random.Random, stem: str, rel: str, shapes: tuple[Shape, ...]) -> list[dict]:
