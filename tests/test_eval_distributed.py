@@ -158,7 +158,8 @@ def _assert_evaluated_as_one_process(run_dir: Path, data_dir: Path, benchmarks: 
     for name, task in selected_tasks(cfg).items():
         one = single.run(name, task, out / "step_2" / name, limit=5)
         rows = _prediction_rows(one.predictions)
-        assert len(one.answers) >= 5 and all(one.answers.values())  # shapes: each question with the image and blanked
+        assert len({key.removesuffix("/blank") for key, _ in rows}) == 5  # shapes: with the image and blanked
+        assert len(one.answers) == len(rows) and all(one.answers.values())
         assert _prediction_rows(step_dir.parent / name / "predictions.jsonl") == rows
         texts |= {text for _, text in rows}
         if name == "pope":
