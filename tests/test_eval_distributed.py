@@ -118,7 +118,7 @@ def _run_overrides(benchmarks: Path) -> list[str]:
     answers a filler) and at the end on 3."""
     return ["stage=finetune", "stage.finetune.micro_batch_size=2", "stage.finetune.global_batch_size=4",
             "stage.finetune.max_length=256", "stage.finetune.max_steps=3", "checkpoint.every_n_train_steps=2",
-            "stage.finetune.lr=5e-5",  # the answers differ by question (more: all empty; less: all alike)
+            "stage.finetune.lr=3e-5",  # the answers differ by question (more: all empty; less: all alike)
             "tasks=[pope,shapes]", "eval.every_n_steps=2", "eval.limit=5", "eval.batch_size=2",
             "eval.max_new_tokens=8",
             f"paths.eval_data={benchmarks}", "eval.end_limit=3", "report=none", "monitor=none",
